@@ -1,0 +1,43 @@
+# snaketune: `make demo` runs the demo experiment end to end; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.snaketune-installed
+DEMO := examples/demo
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv demo test lint format clean-demo
+
+venv: $(STAMP)
+
+# torch first, pinned: anything that pulls an unpinned torch would fetch a multi-GB CUDA build.
+$(STAMP): requirements.lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m snaketune demo --dest $(DEMO)
+	$(VENV)/bin/snakemake --config experiment=$(DEMO)/experiment_summary.md
+	$(PY) -m snaketune results $(DEMO)
+
+test: venv lint
+	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/snakefmt --check Snakefile workflow
+	$(VENV)/bin/snakemake --lint --config experiment=$(DEMO)/experiment_summary.md
+
+format: venv
+	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/snakefmt Snakefile workflow
+
+clean-demo:
+	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake
+	find $(DEMO) -mindepth 1 -maxdepth 1 -type d -exec test -e '{}/setup_finetune.yaml' ';' -exec rm -rf '{}' +

@@ -1,0 +1,5 @@
+import sys
+
+from snaketune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""``snaketune`` command line: the job entry points and the researcher's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _experiment_dir(value: str) -> Path:
+    path = Path(value)
+    return path.parent if path.is_file() else path
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from snaketune import finetune
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        return finetune.run(Path(args.run_dir), command)
+    except finetune.FinetuneError as exc:
+        print(f"snaketune finetune: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from snaketune import evaluate
+
+    try:
+        evaluate.run(Path(args.setup), args.task, args.checkpoint, Path(args.out))
+    except evaluate.EvaluateError as exc:
+        print(f"snaketune evaluate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from snaketune.results import format_table
+
+    csv = _experiment_dir(args.experiment) / "results" / "results.csv"
+    if not csv.is_file():
+        print(f"snaketune results: {csv} does not exist yet (run snakemake first)", file=sys.stderr)
+        return 1
+    print(format_table(pd.read_csv(csv)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from snaketune.demo import build_demo_assets
+
+    build_demo_assets(Path(args.dest), force=args.force)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="snaketune", description=__doc__)
+    commands = parser.add_subparsers(dest="name", required=True)
+
+    finetune = commands.add_parser("finetune", help="run one fine-tune job (used by the workflow and finetune.slurm)")
+    finetune.add_argument("--run-dir", required=True)
+    finetune.add_argument("command", nargs=argparse.REMAINDER, help="-- tune run ... --config finetune.yaml")
+    finetune.set_defaults(func=cmd_finetune)
+
+    evaluate = commands.add_parser("evaluate", help="run one evaluation job (used by the workflow and eval/*.slurm)")
+    evaluate.add_argument("--setup", required=True, help="the run's setup_finetune.yaml")
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--checkpoint", required=True, help="epoch_N, or base for a control")
+    evaluate.add_argument("--out", required=True, help="the .eval log to write")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    results = commands.add_parser("results", help="print an experiment's results table")
+    results.add_argument("experiment", help="experiment directory or its experiment_summary.md")
+    results.set_defaults(func=cmd_results)
+
+    demo = commands.add_parser("demo", help="build the demo's tiny model and data")
+    demo.add_argument("--dest", default="examples/demo")
+    demo.add_argument("--force", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)

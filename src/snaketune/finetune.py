@@ -1,0 +1,190 @@
+"""The finetune job: guard the checkpoint directory, resume when possible, run ``tune run``.
+
+Snakemake only sees the small manifest this job writes at the end; the checkpoints live in
+``<output_dir_base>/ck-out-<run_dir>/`` where Snakemake never deletes anything. The job:
+- refuses to share a checkpoint directory with another live training of the run (a lock);
+- moves aside (never deletes) checkpoints made from a different config (a fingerprint);
+- resumes from ``recipe_state/recipe_state.pt`` when a previous attempt left one;
+- computes ``max_steps_per_epoch`` from the data (torchtune restores its step counter and
+  LR schedule on resume only when it is set);
+- writes ``finetune_manifest.json`` listing the epoch checkpoints once all are complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from snaketune.render import write_atomic
+
+MANIFEST = "finetune_manifest.json"
+FINGERPRINT = "snaketune_fingerprint.json"
+RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch")
+
+
+class FinetuneError(RuntimeError):
+    pass
+
+
+def fingerprint(config: dict) -> str:
+    """Identity of a training config, ignoring the keys a resume changes."""
+    relevant = {key: value for key, value in config.items() if key not in RESUME_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def epoch_complete(epoch_dir: Path) -> bool:
+    """All files of a saved epoch are there (a save killed half-way fails this)."""
+    if not (epoch_dir / "config.json").is_file() or not (epoch_dir / "adapter_config.json").is_file():
+        return False
+    if not any((epoch_dir / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.pt", "adapter_model.bin")):
+        return False
+    index = epoch_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        return all((epoch_dir / shard).is_file() for shard in shards)
+    return any(epoch_dir.glob("*.safetensors"))
+
+
+def complete_epochs(output_dir: Path) -> list[int]:
+    epochs = []
+    for path in output_dir.glob("epoch_*"):
+        suffix = path.name.removeprefix("epoch_")
+        if suffix.isdigit() and epoch_complete(path):
+            epochs.append(int(suffix))
+    return sorted(epochs)
+
+
+def count_samples(config: dict) -> int:
+    """Training samples torchtune will iterate over (packed samples when packing)."""
+    dataset = config["dataset"]
+    if dataset.get("packed"):
+        from torchtune import config as tune_config
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(config)
+        tokenizer = tune_config.instantiate(cfg.tokenizer)
+        return len(tune_config.instantiate(cfg.dataset, tokenizer))
+    if dataset["source"] == "json":
+        with open(dataset["data_files"]) as handle:
+            return len(json.load(handle)[dataset["field"]])
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(dataset["data_files"]).metadata.num_rows
+
+
+def steps_per_epoch(config: dict, processes: int) -> int:
+    """Optimizer steps per epoch as torchtune counts them (its dataloader drops the last batch)."""
+    batches = count_samples(config) // (config["batch_size"] * processes)
+    steps = batches // config["gradient_accumulation_steps"]
+    if steps < 1:
+        raise FinetuneError(f"the training split has too few samples for one step of batch size {config['batch_size']} x {processes} process(es) x {config['gradient_accumulation_steps']} accumulation")
+    return steps
+
+
+def _check_inputs(config: dict) -> None:
+    missing = [path for path in (config["checkpointer"]["checkpoint_dir"], config["dataset"]["data_files"]) if not Path(path).exists()]
+    if missing:
+        raise FinetuneError("missing on this machine: " + ", ".join(missing))
+
+
+def _processes(command: list[str]) -> int:
+    if "--nproc_per_node" in command:
+        return int(command[command.index("--nproc_per_node") + 1])
+    return 1
+
+
+def _move_aside(output_dir: Path, reason: str) -> Path:
+    target = output_dir.with_name(f"{output_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+    output_dir.rename(target)
+    print(f"snaketune: {reason}; moved the old checkpoints to {target}", flush=True)
+    return target
+
+
+def prepare(output_dir: Path, config: dict) -> None:
+    """Make ``output_dir`` hold only checkpoints of this config (moving others aside)."""
+    wanted = fingerprint(config)
+    stamp = output_dir / FINGERPRINT
+    if output_dir.exists() and any(output_dir.iterdir()):
+        recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
+        if recorded != wanted:
+            _move_aside(output_dir, "the checkpoint directory was made from a different finetune.yaml" if recorded else "the checkpoint directory holds files of unknown origin")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        write_atomic(stamp, json.dumps({"fingerprint": wanted}) + "\n")
+
+
+def resume_overrides(output_dir: Path, epochs: int) -> list[str]:
+    """torchtune overrides to continue a previous attempt, or none to start fresh."""
+    done = complete_epochs(output_dir)
+    state = output_dir / "recipe_state" / "recipe_state.pt"
+    if not state.is_file() or not done:
+        return []
+    latest = done[-1]
+    if latest + 1 >= epochs:
+        return []
+    # A newer, half-saved epoch directory would be picked up as the adapter to resume from.
+    for path in output_dir.glob("epoch_*"):
+        suffix = path.name.removeprefix("epoch_")
+        if suffix.isdigit() and int(suffix) > latest:
+            _quarantine(path)
+    print(f"snaketune: resuming from epoch_{latest} (recipe_state present)", flush=True)
+    return ["resume_from_checkpoint=True"]
+
+
+def _quarantine(path: Path) -> None:
+    target = path.with_name(f".incomplete-{path.name}-{int(time.time())}")
+    path.rename(target)
+    print(f"snaketune: {path.name} is incomplete (killed while saving?); moved to {target.name}", flush=True)
+
+
+def write_manifest(run_dir: Path, output_dir: Path, epochs: int) -> dict:
+    done = complete_epochs(output_dir)
+    missing = [epoch for epoch in range(epochs) if epoch not in done]
+    if missing:
+        raise FinetuneError(f"training ended but epoch checkpoint(s) {missing} are missing or incomplete in {output_dir}")
+    manifest = {"output_dir": str(output_dir), "epochs": {f"epoch_{e}": str(output_dir / f"epoch_{e}") for e in range(epochs)}, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def run(run_dir: Path, command: list[str]) -> int:
+    run_dir = run_dir.absolute()
+    config_path = Path(command[command.index("--config") + 1])
+    config = yaml.safe_load(config_path.read_text())
+    output_dir = Path(config["output_dir"])
+    epochs = int(config["epochs"])
+    _check_inputs(config)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = output_dir.with_name(f".{output_dir.name}.lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinetuneError(f"another training of this run holds {lock_path}; not starting a second one") from None
+        prepare(output_dir, config)
+        done = complete_epochs(output_dir)
+        if done and not (output_dir / "recipe_state" / "recipe_state.pt").is_file() and done != list(range(epochs)):
+            _move_aside(output_dir, f"epochs {done} were saved without the recipe state needed to resume")
+            prepare(output_dir, config)
+        if complete_epochs(output_dir) == list(range(epochs)):
+            print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)
+        else:
+            overrides = [f"max_steps_per_epoch={steps_per_epoch(config, _processes(command))}"]
+            overrides += resume_overrides(output_dir, epochs)
+            env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
+            full = command + overrides
+            print("snaketune: " + " ".join(full), flush=True)
+            code = subprocess.call(full, env=env)
+            if code != 0:
+                print(f"snaketune: tune run exited with {code}", file=sys.stderr, flush=True)
+                return code
+        write_manifest(run_dir, output_dir, epochs)
+    return 0

@@ -1,0 +1,288 @@
+"""From a parsed summary and the config to one :class:`RunPlan` per run.
+
+A run's plan is the complete, typed description of what to train and evaluate: it is
+written as the run's ``setup_finetune.yaml`` and every later file is rendered from it.
+Precedence for each value: the All Runs row, then the summary's Configuration section,
+then ``config.yaml``'s ``training``/``evaluation`` defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snaketune.naming import run_directories, run_key, short_model_name
+from snaketune.parse import Experiment, Run, SummaryError
+
+RECIPES = ("lora_finetune_single_device", "lora_finetune_distributed")
+BUILTIN_TASK = "snaketune"
+TRUE_WORDS = {"true", "yes", "y", "on", "enabled", "enable", "1", "✓"}
+FALSE_WORDS = {"false", "no", "n", "off", "disabled", "disable", "0", "none", "-"}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluate job: a task on one checkpoint (``epoch_N``, or ``base`` for a control)."""
+
+    task: str
+    checkpoint: str
+
+
+@dataclass
+class RunPlan:
+    name: str
+    run_dir: str
+    type: str
+    key: str
+    setup: dict
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.type == "fine-tuned"
+
+
+@dataclass
+class ExperimentPlan:
+    experiment: Experiment
+    runs: list[RunPlan]
+    warnings: list[str]
+
+    @property
+    def directory(self) -> Path:
+        return self.experiment.directory
+
+    def run(self, run_dir: str) -> RunPlan:
+        return self._by_dir[run_dir]
+
+    def __post_init__(self) -> None:
+        self._by_dir = {run.run_dir: run for run in self.runs}
+
+    def parameters(self, run: RunPlan) -> dict:
+        """The run's value of every parameter column of the table (typed where training uses it)."""
+        values = {"model": run.setup["model"]}
+        training = run.setup.get("training", {})
+        for column in self.experiment.columns:
+            if column in training:
+                values[column] = training[column]
+            else:
+                values[column] = run.setup["parameters"].get(column, self.experiment.config.get(column) if run.fine_tuned else None)
+        return values
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """Absolute form of a summary path; relative paths resolve against ``base``."""
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else (base / path).absolute())
+
+
+def parse_bool(value, where: tuple[Path, int], label: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise SummaryError(where[0], where[1], f"{label} {value!r} is not yes/no")
+
+
+def epochs_to_evaluate(phrase: str | None, epochs: int, where: tuple[Path, int]) -> list[int]:
+    """Epoch indices (0-based) named by a phrase; the default is the last epoch."""
+    if phrase in (None, "", "last"):
+        return [epochs - 1]
+    if phrase == "all":
+        return list(range(epochs))
+    chosen = sorted({int(n) for n in phrase.split(",")})
+    for epoch in chosen:
+        if epoch >= epochs:
+            raise SummaryError(where[0], where[1], f"epoch {epoch} is evaluated but the run trains {epochs} epoch(s) (epochs are 0-indexed: 0..{epochs - 1})")
+    return chosen
+
+
+def model_spec(model: str, models: list[dict], where: tuple[Path, int]) -> dict:
+    """The config's torchtune mapping entry for a model name."""
+    short = short_model_name(model)
+    for entry in models:
+        if re.search(entry["match"], short, re.IGNORECASE):
+            return entry
+    raise SummaryError(where[0], where[1], f"unknown model {model!r}: no entry of config 'models' matches {short!r} (add one with its torchtune builder, tokenizer and model_type)")
+
+
+class _Settings:
+    """Looks a value up in row -> summary Configuration -> config defaults, remembering where from."""
+
+    def __init__(self, experiment: Experiment, run: Run, defaults: dict):
+        self.experiment, self.run, self.defaults = experiment, run, defaults
+
+    def where(self, key: str) -> tuple[Path, int]:
+        if key in self.run.params:
+            return self.experiment.path, self.run.line
+        return self.experiment.path, self.experiment.config_lines.get(key, self.run.line)
+
+    def raw(self, key: str):
+        if key in self.run.params:
+            return self.run.params[key]
+        if key in self.experiment.config:
+            return self.experiment.config[key]
+        return self.defaults.get(key)
+
+    def int(self, key: str) -> int:
+        return int(self.raw(key))
+
+    def float(self, key: str) -> float:
+        value = float(self.raw(key))
+        return int(value) if key == "lora_alpha" and value.is_integer() else value
+
+    def bool(self, key: str) -> bool:
+        return parse_bool(self.raw(key), self.where(key), key.replace("_", " "))
+
+
+def _dataset(experiment: Experiment, run: Run, base: Path) -> tuple[str, str]:
+    raw = run.params.get("dataset") or experiment.dataset
+    if not raw:
+        raise SummaryError(experiment.path, run.line, f"run {run.name!r} has no dataset: give '### Dataset' -> '**Path:**' under '## Resources'")
+    path = resolve_path(raw, base)
+    if path.endswith(".json") or path.endswith(".jsonl"):
+        return path, "json"
+    if path.endswith(".parquet"):
+        return str(Path(path).parent), "parquet"
+    return path, "parquet"
+
+
+def _training(settings: _Settings, config: dict, output_dir: str) -> dict:
+    recipe = str(settings.raw("recipe"))
+    gpus = _summary_gpus(settings)
+    gpus = int(config["resources"]["finetune"]["gpus"]) if gpus is None else gpus
+    training = {
+        "recipe": recipe,
+        "gpus": gpus,
+        "epochs": settings.int("epochs"),
+        "batch_size": settings.int("batch_size"),
+        "gradient_accumulation_steps": int(settings.defaults["gradient_accumulation_steps"]),
+        "learning_rate": settings.float("learning_rate"),
+        "lora_rank": settings.int("lora_rank"),
+        "lora_alpha": settings.float("lora_alpha") if settings.raw("lora_alpha") is not None else 2 * settings.int("lora_rank"),
+        "lora_dropout": float(settings.defaults["lora_dropout"]),
+        "lora_attn_modules": list(settings.defaults["lora_attn_modules"]),
+        "apply_lora_to_mlp": bool(settings.defaults["apply_lora_to_mlp"]),
+        "weight_decay": float(settings.defaults["weight_decay"]),
+        "warmup_steps": int(settings.defaults["warmup_steps"]),
+        "validation": settings.bool("validation"),
+        "packing": settings.bool("packing"),
+        "max_seq_len": int(settings.defaults["max_seq_len"]),
+        "seed": settings.int("seed"),
+        "log_every_n_steps": int(settings.defaults["log_every_n_steps"]),
+        "output_dir": output_dir,
+    }
+    return training
+
+
+def _summary_gpus(settings: _Settings) -> int | None:
+    """The GPU count the row or the summary's Configuration asks for, if any."""
+    if "gpus" in settings.run.params or "gpus" in settings.experiment.config:
+        return settings.int("gpus")
+    return None
+
+
+def _recipe_warning(recipe: str, gpus: int) -> tuple[str, str | None]:
+    """The torchtune recipe to run, and a warning when the summary's recipe was mapped."""
+    if recipe in RECIPES:
+        if recipe == RECIPES[0] and gpus > 1:
+            return RECIPES[1], f"recipe {recipe} with {gpus} GPUs: using {RECIPES[1]}"
+        return recipe, None
+    chosen = RECIPES[1] if gpus > 1 else RECIPES[0]
+    return chosen, f"recipe {recipe!r} is not a standard torchtune LoRA recipe: using {chosen}"
+
+
+def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, str]) -> ExperimentPlan:
+    """Every run's setup and evaluations; raises :class:`SummaryError` on any bad value."""
+    base = experiment.directory
+    models_base = Path(config["models_dir"]) if config.get("models_dir") else base
+    output_base = resolve_path(experiment.config["checkpoint_dir"], base) if experiment.config.get("checkpoint_dir") else resolve_path(config["output_dir_base"] or "ck-outputs", base)
+    directories = run_directories(experiment, registry)
+    warnings: list[str] = []
+    if experiment.stated_directory and resolve_path(experiment.stated_directory, base) != str(base):
+        warnings.append(f"{experiment.path}: Quick Reference names experiment directory {experiment.stated_directory!r}; using {base}, the folder holding the summary")
+    tasks = {task.name: task for task in experiment.tasks}
+    evaluation_defaults = config["evaluation"]
+    plans = []
+    for run in experiment.runs:
+        run_dir = directories[run.name]
+        settings = _Settings(experiment, run, config["training"])
+        where = (experiment.path, run.line)
+        spec = model_spec(run.model, config["models"], where)
+        dataset, dataset_format = _dataset(experiment, run, base)
+        system_prompt = settings.raw("system_prompt")
+        setup = {
+            "experiment": experiment.name,
+            "run_name": run.name,
+            "run_dir": run_dir,
+            "type": run.type,
+            "model": run.model,
+            "model_path": resolve_path(experiment.models[run.model], models_base),
+            "dataset": dataset,
+            "dataset_format": dataset_format,
+            "system_prompt": "" if system_prompt is None else str(system_prompt),
+            "parameters": {key: value for key, value in run.params.items()},
+        }
+        if run.type == "fine-tuned":
+            training = _training(settings, config, str(Path(output_base) / f"ck-out-{run_dir}"))
+            training["recipe"], warning = _recipe_warning(training["recipe"], training["gpus"])
+            if warning:
+                warnings.append(f"{experiment.path}, line {run.line}: {warning}")
+            if training["packing"]:
+                warnings.append(f"{experiment.path}, line {run.line}: run {run.name!r} packs its dataset: torchtune then needs an integer tokenizer.max_seq_len, which masks the final EOS label (the model may not learn to stop)")
+            training["train_split"] = config["training"]["train_split"]
+            training["validation_split"] = config["training"]["validation_split"]
+            setup["training"] = training
+        evaluations = _evaluations(experiment, run, settings, tasks, setup)
+        setup["evaluation"] = {
+            "test_split": evaluation_defaults["test_split"],
+            "max_tokens": int(settings.raw("max_tokens") or evaluation_defaults["max_tokens"]),
+            "temperature": float(settings.raw("temperature") or evaluation_defaults["temperature"]),
+            "scorer": str(settings.raw("scorer") or "match"),
+            "tasks": {
+                name: {
+                    "script": BUILTIN_TASK if tasks[name].script == BUILTIN_TASK else resolve_path(tasks[name].script, base),
+                    "checkpoints": [e.checkpoint for e in evaluations if e.task == name],
+                }
+                for name in dict.fromkeys(e.task for e in evaluations)
+            },
+        }
+        if config["wandb"].get("project"):
+            setup["wandb"] = {"project": config["wandb"]["project"], "entity": config["wandb"].get("entity", ""), "group": experiment.name, "name": run_dir}
+        setup["torchtune"] = {key: value for key, value in spec.items() if key != "match"}
+        setup["resources"] = stage_resources(config, _summary_gpus(settings))
+        plans.append(RunPlan(run.name, run_dir, run.type, run_key(run), setup, evaluations))
+    return ExperimentPlan(experiment, plans, warnings)
+
+
+def stage_resources(config: dict, gpus: int | None) -> dict:
+    """Per-stage resources of a run: config's ``resources``, with the summary's GPU count.
+
+    ``GPUs: 0`` in a summary makes the whole run a CPU run (training and evaluation).
+    """
+    resources = {stage: dict(values) for stage, values in config["resources"].items()}
+    if gpus is not None:
+        resources["finetune"]["gpus"] = gpus
+        if gpus == 0:
+            resources["evaluate"]["gpus"] = 0
+    return resources
+
+
+def _evaluations(experiment: Experiment, run: Run, settings: _Settings, tasks: dict, setup: dict) -> list[Evaluation]:
+    evaluations = []
+    for task in tasks:
+        if experiment.eval_matrix and (run.name, task) not in experiment.eval_matrix:
+            continue
+        if run.type == "control":
+            evaluations.append(Evaluation(task, "base"))
+            continue
+        phrase = experiment.eval_epochs or experiment.eval_matrix.get((run.name, task)) or experiment.eval_sentence
+        epochs = int(settings.raw("epochs"))
+        for epoch in epochs_to_evaluate(phrase, epochs, (experiment.path, run.line)):
+            evaluations.append(Evaluation(task, f"epoch_{epoch}"))
+    return evaluations

@@ -1,0 +1,211 @@
+"""Render a run's files from its plan: ``setup_finetune.yaml``, ``finetune.yaml``, ``.slurm``.
+
+YAML is written with ``yaml.safe_dump`` and shell scripts with jinja2 whose every
+interpolated value goes through ``shlex.quote`` (the ``q`` filter), so nothing from the
+summary can change what a file means or what a script runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import jinja2
+import yaml
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "workflow" / "templates"
+# Tokenizer keys of a model mapping that name files inside the model directory.
+TOKENIZER_FILE_KEYS = ("path", "merges_file", "special_tokens_path")
+
+
+def read_model_config(model_path: str) -> dict | None:
+    config = Path(model_path) / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+def _model_component(setup: dict) -> dict:
+    training, spec = setup["training"], setup["torchtune"]
+    component = {
+        "_component_": spec["builder"],
+        "lora_attn_modules": training["lora_attn_modules"],
+        "apply_lora_to_mlp": training["apply_lora_to_mlp"],
+        "apply_lora_to_output": False,
+        "lora_rank": training["lora_rank"],
+        "lora_alpha": training["lora_alpha"],
+        "lora_dropout": training["lora_dropout"],
+    }
+    if spec.get("from_config"):
+        hf = read_model_config(setup["model_path"])
+        if hf is None:
+            raise FileNotFoundError(f"{setup['model_path']}/config.json is needed to size the {spec['builder']} model of run {setup['run_name']!r} and does not exist here")
+        component.update(
+            vocab_size=hf["vocab_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+            embed_dim=hf["hidden_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            intermediate_dim=hf["intermediate_size"],
+            norm_eps=hf.get("rms_norm_eps", 1e-5),
+            rope_base=int(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 500000))),
+        )
+    return component
+
+
+def _checkpoint_files(setup: dict) -> list[str]:
+    """The model's weight files: what is on disk when it is here, else the config's list."""
+    on_disk = sorted(p.name for p in Path(setup["model_path"]).glob("*.safetensors"))
+    return on_disk or list(setup["torchtune"]["checkpoint_files"])
+
+
+def _dataset_component(setup: dict, split: str) -> dict:
+    training = setup["training"]
+    dataset = {
+        "_component_": "torchtune.datasets.instruct_dataset",
+        "source": setup["dataset_format"],
+        "column_map": {"input": "input", "output": "output"},
+        "train_on_input": False,
+        # Always a string: "" gives the empty system turn the chat templates also emit.
+        "new_system_prompt": setup["system_prompt"],
+        "packed": training["packing"],
+        "split": "train",
+    }
+    if setup["dataset_format"] == "json":
+        dataset.update(data_files=setup["dataset"], field=split)
+    else:
+        dataset.update(data_files=str(Path(setup["dataset"]) / f"{split}.parquet"))
+    return dataset
+
+
+def finetune_config(setup: dict) -> dict:
+    """The complete torchtune config of a fine-tuned run."""
+    training, spec = setup["training"], setup["torchtune"]
+    output_dir = training["output_dir"]
+    on_gpu = training["gpus"] > 0
+    tokenizer = dict(spec["tokenizer"])
+    for key in TOKENIZER_FILE_KEYS:
+        if key in tokenizer:
+            tokenizer[key] = str(Path(setup["model_path"]) / tokenizer[key])
+    # An integer max_seq_len makes torchtune 0.6.1 mask the final EOS label; packing needs one.
+    tokenizer["max_seq_len"] = training["max_seq_len"] if training["packing"] else None
+    config = {
+        "output_dir": output_dir,
+        "model": _model_component(setup),
+        "tokenizer": tokenizer,
+        "checkpointer": {
+            "_component_": "torchtune.training.FullModelHFCheckpointer",
+            "checkpoint_dir": setup["model_path"],
+            "checkpoint_files": _checkpoint_files(setup),
+            "recipe_checkpoint": None,
+            "output_dir": output_dir,
+            "model_type": spec["model_type"],
+        },
+        "resume_from_checkpoint": False,
+        "save_adapter_weights_only": False,
+        "dataset": _dataset_component(setup, training["train_split"]),
+        "seed": training["seed"],
+        "shuffle": True,
+        "batch_size": training["batch_size"],
+        "optimizer": {"_component_": "torch.optim.AdamW", "fused": on_gpu, "weight_decay": training["weight_decay"], "lr": training["learning_rate"]},
+        "lr_scheduler": {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup", "num_warmup_steps": training["warmup_steps"]},
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "epochs": training["epochs"],
+        # Set by the finetune job from the data (resume restores the step counter only then).
+        "max_steps_per_epoch": None,
+        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+        "clip_grad_norm": None,
+        "compile": False,
+        "device": "cuda" if on_gpu else "cpu",
+        "dtype": "bf16" if on_gpu else "fp32",
+        "enable_activation_checkpointing": on_gpu,
+        "enable_activation_offloading": False,
+        "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger", "log_dir": f"{output_dir}/logs"},
+        "log_every_n_steps": training["log_every_n_steps"],
+        "log_peak_memory_stats": on_gpu,
+        "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
+    }
+    if "wandb" in setup:
+        wandb = setup["wandb"]
+        config["metric_logger"] = {
+            "_component_": "torchtune.training.metric_logging.WandBLogger",
+            "project": wandb["project"],
+            "group": wandb["group"],
+            "name": wandb["name"],
+            "mode": "offline",
+            "dir": f"{output_dir}/wandb",
+        }
+        if wandb.get("entity"):
+            config["metric_logger"]["entity"] = wandb["entity"]
+    return config
+
+
+def tune_command(setup: dict, finetune_yaml: Path) -> list[str]:
+    """The ``tune run`` command line of a run (distributed when it has several GPUs)."""
+    training = setup["training"]
+    command = ["tune", "run"]
+    if training["recipe"] == "lora_finetune_distributed":
+        command += ["--nproc_per_node", str(training["gpus"])]
+    return command + [training["recipe"], "--config", str(finetune_yaml)]
+
+
+def environment_lines(environment: dict) -> list[str]:
+    lines = [f"module load {shlex.quote(module)}" for module in environment.get("modules", [])]
+    if environment.get("conda_env"):
+        lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(environment['conda_env'])}"]
+    venv = environment.get("venv") or (sys.prefix if sys.prefix != sys.base_prefix else "")
+    if venv and not environment.get("conda_env"):
+        lines.append(f"source {shlex.quote(str(Path(venv) / 'bin' / 'activate'))}")
+    return lines + list(environment.get("setup_commands", []))
+
+
+def _slurm_time(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def sbatch_options(resources: dict, job_name: str, output: str, comment: str) -> list[str]:
+    """``#SBATCH`` options for a stage's resources (the same the Snakemake rule requests)."""
+    options = [
+        f"--job-name={job_name}",
+        f"--output={output}",
+        f"--time={_slurm_time(int(resources['time']))}",
+        f"--mem={int(resources['mem_mb'])}M",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={int(resources['cpus'])}",
+        f"--comment={comment}",
+    ]
+    if int(resources["gpus"]) > 0:
+        options.append(f"--gpus={int(resources['gpus'])}")
+    for key in ("partition", "account", "constraint", "qos"):
+        if resources.get(key):
+            options.append(f"--{key}={resources[key]}")
+    return options
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["qjoin"] = lambda values: shlex.join(str(v) for v in values)
+    return env
+
+
+def render_script(template: str, **values) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as handle:
+        handle.write(text)
+    if mode is not None:
+        os.chmod(handle.name, mode)
+    os.replace(handle.name, path)
+
+
+def dump_yaml(data: dict, header: str = "") -> str:
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,63 @@
+"""Write every file of one run directory from its setup (the per-run scaffold job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from snaketune import render
+
+SETUP_HEADER = "# Rendered by snaketune from experiment_summary.md: edit the summary, not this file.\n"
+
+
+def eval_script_name(task: str, checkpoint: str) -> str:
+    return f"{task}_{checkpoint}.slurm"
+
+
+def eval_log_name(task: str, checkpoint: str) -> str:
+    return f"{task}_{checkpoint}.eval"
+
+
+def write_run_files(setup: dict, run_dir: Path, environment: dict) -> list[Path]:
+    """setup_finetune.yaml, and for a fine-tuned run finetune.yaml + finetune.slurm, plus one
+    evaluation script per (task, checkpoint). Returns the files written."""
+    run_dir = run_dir.absolute()
+    written = []
+    setup_path = run_dir / "setup_finetune.yaml"
+    render.write_atomic(setup_path, render.dump_yaml(setup, SETUP_HEADER))
+    written.append(setup_path)
+    activation = render.environment_lines(environment)
+    resources = setup["resources"]
+    if setup["type"] == "fine-tuned":
+        finetune_yaml = run_dir / "finetune.yaml"
+        header = f"# torchtune config of run {setup['run_name']!r} ({setup['training']['recipe']}), rendered by snaketune.\n"
+        render.write_atomic(finetune_yaml, render.dump_yaml(render.finetune_config(setup), header))
+        script = render.render_script(
+            "finetune.slurm.j2",
+            run_name=setup["run_name"],
+            experiment=setup["experiment"],
+            sbatch=render.sbatch_options(resources["finetune"], f"ft-{setup['run_dir']}", str(run_dir / "logs" / "finetune-%j.out"), f"snaketune:{setup['run_dir']}:finetune"),
+            environment=activation,
+            threads=resources["finetune"]["cpus"],
+            run_dir=run_dir,
+            command=render.tune_command(setup, finetune_yaml),
+        )
+        render.write_atomic(run_dir / "finetune.slurm", script, mode=0o755)
+        written += [finetune_yaml, run_dir / "finetune.slurm"]
+    for task, spec in setup["evaluation"]["tasks"].items():
+        for checkpoint in spec["checkpoints"]:
+            path = run_dir / "eval" / eval_script_name(task, checkpoint)
+            script = render.render_script(
+                "evaluate.slurm.j2",
+                run_name=setup["run_name"],
+                task=task,
+                checkpoint=checkpoint,
+                sbatch=render.sbatch_options(resources["evaluate"], f"ev-{setup['run_dir']}-{task}-{checkpoint}", str(run_dir / "logs" / f"evaluate-{task}-{checkpoint}-%j.out"), f"snaketune:{setup['run_dir']}:evaluate:{task}:{checkpoint}"),
+                environment=activation,
+                threads=resources["evaluate"]["cpus"],
+                run_dir=run_dir,
+                setup_path=setup_path,
+                out=run_dir / "eval" / "logs" / eval_log_name(task, checkpoint),
+            )
+            render.write_atomic(path, script, mode=0o755)
+            written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Evaluation tasks shipped with snaketune (inspect-ai)."""

@@ -1,0 +1,47 @@
+"""Shared fixtures. The tiny demo model is built once per test session (it takes ~a minute)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> Path:
+    """A folder holding the demo's built model (models/) and data (data/)."""
+    from snaketune.demo import build_demo_assets
+
+    cache = Path(os.environ.get("SNAKETUNE_TEST_ASSETS", tmp_path_factory.mktemp("demo-assets")))
+    build_demo_assets(cache)
+    return cache
+
+
+@pytest.fixture
+def summary_file(tmp_path):
+    """Write a summary text into a fresh experiment directory; returns its path."""
+
+    def write(text: str, name: str = "experiment_summary.md") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def copy_example(name: str, destination: Path) -> Path:
+    shutil.copy(DATA / name, destination / "experiment_summary.md")
+    return destination / "experiment_summary.md"

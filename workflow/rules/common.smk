@@ -1,0 +1,172 @@
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from snaketune.parse import SummaryError
+from snaketune.render import tune_command
+from snaketune.workflow import load_plan, missing_paths, scaffold_run, write_report
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+try:
+    PLAN = load_plan(Path(config["experiment"]).absolute(), config)
+except (SummaryError, FileNotFoundError) as error:
+    raise WorkflowError(str(error)) from None
+
+for warning in PLAN.warnings + missing_paths(PLAN):
+    logger.warning(f"snaketune: {warning}")
+
+
+# Every run's files live in its directory inside the experiment directory.
+workdir: PLAN.directory
+
+
+envvars:
+    "PATH",
+
+
+# Jobs call `python -m snaketune` and `tune` from the environment snakemake runs in, even
+# when it was started as .venv/bin/snakemake without activating the venv.
+os.environ["PATH"] = (
+    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+)
+FINE_TUNED = [run for run in PLAN.runs if run.fine_tuned]
+CONTROLS = [run for run in PLAN.runs if not run.fine_tuned]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    run=_alternatives(run.run_dir for run in PLAN.runs),
+    task=_alternatives(task.name for task in PLAN.experiment.tasks),
+    checkpoint=r"base|epoch_\d+",
+
+
+def run_plan(wildcards):
+    return PLAN.run(wildcards.run)
+
+
+def get_setup(wildcards):
+    return run_plan(wildcards).setup
+
+
+def get_training(wildcards):
+    """What decides a training result: a change here retrains the run, nothing else does."""
+    setup = run_plan(wildcards).setup
+    return {
+        key: setup[key]
+        for key in (
+            "model",
+            "model_path",
+            "dataset",
+            "system_prompt",
+            "training",
+            "torchtune",
+        )
+    }
+
+
+def get_tune_command(wildcards):
+    return shlex.join(
+        tune_command(run_plan(wildcards).setup, Path(wildcards.run) / "finetune.yaml")
+    )
+
+
+def get_evaluation(wildcards):
+    setup = run_plan(wildcards).setup
+    evaluation = dict(setup["evaluation"])
+    task = evaluation.pop("tasks")[wildcards.task]
+    return {
+        "task": wildcards.task,
+        "script": task["script"],
+        "model_path": setup["model_path"],
+        "system_prompt": setup["system_prompt"],
+        "dataset": setup["dataset"],
+        **evaluation,
+    }
+
+
+def get_evaluate_input(wildcards):
+    inputs = {"setup": ancient(f"{wildcards.run}/setup_finetune.yaml")}
+    if run_plan(wildcards).fine_tuned:
+        inputs["manifest"] = f"{wildcards.run}/finetune_manifest.json"
+    return inputs
+
+
+def get_resources(stage):
+    """Snakemake resources of a stage (slurm plugin names) from config, per run."""
+
+    def resource(name):
+        def lookup(wildcards):
+            value = run_plan(wildcards).setup["resources"][stage][name]
+            return (
+                int(value) if name in ("gpus", "cpus", "mem_mb", "time") else str(value)
+            )
+
+        return lookup
+
+    resources = {
+        "runtime": resource("time"),
+        "mem_mb": resource("mem_mb"),
+        "cpus_per_task": resource("cpus"),
+        "gpu": resource("gpus"),
+    }
+    for name, slurm_name in (
+        ("partition", "slurm_partition"),
+        ("account", "slurm_account"),
+        ("constraint", "constraint"),
+        ("qos", "qos"),
+    ):
+        if any(run.setup["resources"][stage][name] for run in PLAN.runs):
+            resources[slurm_name] = resource(name)
+    return resources
+
+
+def get_threads(stage):
+    return lambda wildcards: int(run_plan(wildcards).setup["resources"][stage]["cpus"])
+
+
+def evaluation_logs():
+    return [
+        f"{run.run_dir}/eval/logs/{e.task}_{e.checkpoint}.eval"
+        for run in PLAN.runs
+        for e in run.evaluations
+    ]
+
+
+def get_report_meta():
+    return [
+        {
+            "run": run.run_dir,
+            "run_name": run.name,
+            "type": run.type,
+            "task": e.task,
+            "checkpoint": e.checkpoint,
+            "parameters": parameters,
+        }
+        for run in PLAN.runs
+        for parameters in [PLAN.parameters(run)]
+        for e in run.evaluations
+    ]
+
+
+def get_scaffold_files():
+    files = []
+    for run in PLAN.runs:
+        files.append(f"{run.run_dir}/setup_finetune.yaml")
+        if run.fine_tuned:
+            files += [f"{run.run_dir}/finetune.yaml", f"{run.run_dir}/finetune.slurm"]
+    return files
+
+
+def get_final_output():
+    if PLAN.experiment.tasks:
+        return ["results/results.csv"]
+    return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED]

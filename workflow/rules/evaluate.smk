@@ -1,0 +1,17 @@
+rule evaluate:
+    input:
+        unpack(get_evaluate_input),
+    output:
+        "{run}/eval/logs/{task}_{checkpoint}.eval",
+    log:
+        "{run}/logs/evaluate-{task}-{checkpoint}.log",
+    conda:
+        "../envs/snaketune.yaml"
+    threads: get_threads("evaluate")
+    resources:
+        **get_resources("evaluate"),
+    params:
+        evaluation=get_evaluation,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m snaketune evaluate --setup {input.setup:q}"
+        " --task {wildcards.task:q} --checkpoint {wildcards.checkpoint:q} --out {output:q} > {log:q} 2>&1"
