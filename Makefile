@@ -41,3 +41,21 @@ format: venv
 clean-demo:
 	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake
 	find $(DEMO) -mindepth 1 -maxdepth 1 -type d -exec test -e '{}/setup_finetune.yaml' ';' -exec rm -rf '{}' +
+
+# `make demo-slurm`: the demo on a throw-away local Slurm cluster (scripts/slurm-sandbox, needs
+# root), submitted through `--profile profiles/slurm` (+ the sandbox overlay: fast polling, the
+# sandbox's account/partition, jobs sized for its 2-CPU node). It runs in a copy of the demo
+# (examples/demo-slurm), started afresh each time, so its results come from Slurm, not from a
+# `make demo` run. The sandbox is stopped afterwards, also when the run fails or is interrupted.
+DEMO_SLURM := examples/demo-slurm
+.PHONY: demo-slurm
+demo-slurm: venv
+	$(PY) -m snaketune demo --dest $(DEMO)
+	rm -rf $(DEMO_SLURM)
+	mkdir -p $(DEMO_SLURM)
+	cp -a $(DEMO)/experiment_summary.md $(DEMO)/models $(DEMO)/data $(DEMO_SLURM)/
+	trap 'scripts/slurm-sandbox stop' EXIT; trap 'exit 130' INT TERM; \
+	scripts/slurm-sandbox start && \
+	$(VENV)/bin/snakemake --profile profiles/slurm --profile profiles/slurm-sandbox \
+	  --config experiment=$(CURDIR)/$(DEMO_SLURM)/experiment_summary.md && \
+	$(PY) -m snaketune results $(DEMO_SLURM)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DATA
 
 from snaketune.naming import load_registry, record_run, run_directories, short_model_name
 from snaketune.parse import SummaryError, read_summary
-
-from conftest import DATA
 
 HEAD = """# names
 
@@ -80,21 +79,33 @@ def test_names_are_stable_when_a_new_column_starts_to_vary(summary_file, tmp_pat
 
 
 def test_collision_with_a_recorded_name_gets_a_suffix(summary_file, tmp_path):
-    first = summary(summary_file, "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n")
-    for run, name in zip(first.runs, ["rank8", "rank16"]):
+    first = summary(
+        summary_file,
+        "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n",
+    )
+    for run, name in zip(first.runs, ["rank8", "rank16"], strict=True):
         record_run(tmp_path, run, name)
     # a different run whose proposed name is already recorded for another key
-    later = summary(summary_file, "| x | Llama-3.2-1B-Instruct | 8 | 1e-5 | 8 | Fine-tuned |\n| y | Llama-3.2-1B-Instruct | 16 | 1e-5 | 8 | Fine-tuned |\n")
+    later = summary(
+        summary_file,
+        "| x | Llama-3.2-1B-Instruct | 8 | 1e-5 | 8 | Fine-tuned |\n| y | Llama-3.2-1B-Instruct | 16 | 1e-5 | 8 | Fine-tuned |\n",
+    )
     assert run_directories(later, load_registry(tmp_path)) == {"x": "rank8-2", "y": "rank16-2"}
 
 
 def test_record_refuses_to_rebind_a_name(summary_file, tmp_path):
-    experiment = summary(summary_file, "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n")
+    experiment = summary(
+        summary_file,
+        "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n",
+    )
     record_run(tmp_path, experiment.runs[0], "rank8")
     with pytest.raises(RuntimeError, match="already records another run"):
         record_run(tmp_path, experiment.runs[1], "rank8")
 
 
-@pytest.mark.parametrize(("model", "short"), [("Llama-3.2-1B-Instruct", "Llama-3.2-1B"), ("Qwen2.5-0.5B-instruct", "Qwen2.5-0.5B"), ("/m/Llama-3.2-3B", "Llama-3.2-3B")])
+@pytest.mark.parametrize(
+    ("model", "short"),
+    [("Llama-3.2-1B-Instruct", "Llama-3.2-1B"), ("Qwen2.5-0.5B-instruct", "Qwen2.5-0.5B"), ("/m/Llama-3.2-3B", "Llama-3.2-3B")],
+)
 def test_short_model_name(model, short):
     assert short_model_name(model) == short

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DATA
 
 from snaketune.parse import SummaryError, epochs_phrase, leading_value, parse_summary, read_summary
-
-from conftest import DATA
 
 MINIMAL = """# Experiment: minimal
 
@@ -168,8 +167,18 @@ BAD = [
     ("control char", lambda t: t.replace("| b |", "| b\x07 |"), 7, "unsafe run name"),
     ("backslash", lambda t: t.replace("| b |", "| a\\b |"), 7, "unsafe run name"),
     ("empty name", lambda t: t.replace("| b |", "|  |"), 7, "empty run name"),
-    ("too many cells", lambda t: t.replace("| 16 | 1e-5 | Fine-tuned |", "| 16 | 1e-5 | Fine-tuned | extra |"), 7, "the row has 6 cells but the header has 5"),
-    ("too few cells", lambda t: t.replace("| 16 | 1e-5 | Fine-tuned |", "| 16 | Fine-tuned |"), 7, "the row has 4 cells but the header has 5"),
+    (
+        "too many cells",
+        lambda t: t.replace("| 16 | 1e-5 | Fine-tuned |", "| 16 | 1e-5 | Fine-tuned | extra |"),
+        7,
+        "the row has 6 cells but the header has 5",
+    ),
+    (
+        "too few cells",
+        lambda t: t.replace("| 16 | 1e-5 | Fine-tuned |", "| 16 | Fine-tuned |"),
+        7,
+        "the row has 4 cells but the header has 5",
+    ),
     ("no model column", lambda t: t.replace("| Model |", "| Modell |"), 4, "no 'Model' column"),
     ("no type column", lambda t: t.replace("| Type |", "| Kind |"), 4, "no 'Type' column"),
     ("no run name column", lambda t: t.replace("| Run Name |", "| Label |"), 4, "no 'Run Name' column"),
@@ -180,8 +189,22 @@ BAD = [
     ("bad epochs", lambda t: t + "\n## Configuration\n- **Epochs:** 0\n", 17, "epochs must be positive"),
     ("bad gpus", lambda t: t + "\n## Configuration\n- **GPUs:** many\n", 17, "gpus 'many' is not a whole number"),
     ("bad epochs to evaluate", lambda t: t + "\n## Evaluation Plan\n- **Epochs to evaluate:** whenever\n", 17, "cannot read which epochs"),
-    ("matrix names unknown run", lambda t: t + "\n## Evaluation Plan\n### Evaluation Matrix\n| Run Name | t |\n|---|---|\n| zz | ✓ |\n", 20, "names run 'zz'"),
-    ("bad alpha", lambda t: t.replace("| Type |", "| LoRA Alpha | Type |").replace("|---|---|---|---|---|", "|---|---|---|---|---|---|").replace("| Fine-tuned |", "| x | Fine-tuned |"), 6, "lora alpha 'x' is not a number"),
+    (
+        "matrix names unknown run",
+        lambda t: t + "\n## Evaluation Plan\n### Evaluation Matrix\n| Run Name | t |\n|---|---|\n| zz | ✓ |\n",
+        20,
+        "names run 'zz'",
+    ),
+    (
+        "bad alpha",
+        lambda t: (
+            t.replace("| Type |", "| LoRA Alpha | Type |")
+            .replace("|---|---|---|---|---|", "|---|---|---|---|---|---|")
+            .replace("| Fine-tuned |", "| x | Fine-tuned |")
+        ),
+        6,
+        "lora alpha 'x' is not a number",
+    ),
 ]
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 
 from snaketune.parse import read_summary
 from snaketune.plan import plan_experiment
 from snaketune.scaffold import write_run_files
-
-from conftest import DATA
 
 
 def plan(path: Path, config: dict):
@@ -67,9 +66,13 @@ def test_learning_rate_text_keeps_its_value(tmp_path, config, summary_file):
 
 
 def test_common_configuration_values_reach_torchtune(tmp_path, config, summary_file):
-    text = (DATA / "new_generation.md").read_text().replace(
-        '- **System prompt:** ""',
-        '- **System prompt:** "Answer with the word."\n- **Dataset packing:** yes\n- **LoRA alpha:** 12\n- **Seed:** 7\n- **GPUs:** 0',
+    text = (
+        (DATA / "new_generation.md")
+        .read_text()
+        .replace(
+            '- **System prompt:** ""',
+            '- **System prompt:** "Answer with the word."\n- **Dataset packing:** yes\n- **LoRA alpha:** 12\n- **Seed:** 7\n- **GPUs:** 0',
+        )
     )
     run, run_dir = scaffold(tmp_path, config, summary_file(text))
     tune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
@@ -92,7 +95,9 @@ def test_parquet_dataset(tmp_path, config, summary_file):
 
 def test_slurm_script_requests_the_configured_resources(tmp_path, config):
     config = copy.deepcopy(config)
-    config["resources"]["finetune"].update(partition="gpu", account="ml", constraint="a100", qos="short", time=90, mem_mb=64000, cpus=8, gpus=1)
+    config["resources"]["finetune"].update(
+        partition="gpu", account="ml", constraint="a100", qos="short", time=90, mem_mb=64000, cpus=8, gpus=1
+    )
     config["environment"].update(modules=["cuda/12.4"], conda_env="ttenv")
     run, run_dir = scaffold(tmp_path, config)
     script = (run_dir / "finetune.slurm").read_text()

@@ -57,7 +57,7 @@ def run(setup_path: Path, task: str, checkpoint: str, out: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
         logs = inspect_eval(
-            str(script),
+            os.path.relpath(script),  # inspect treats a task path as a glob: absolute ones fail
             model="hf/local",
             model_args={"model_path": str(model_dir), "device": device, "do_sample": evaluation["temperature"] > 0},
             task_args={"config_path": str(setup_path)},

@@ -66,8 +66,8 @@ def count_samples(config: dict) -> int:
     """Training samples torchtune will iterate over (packed samples when packing)."""
     dataset = config["dataset"]
     if dataset.get("packed"):
-        from torchtune import config as tune_config
         from omegaconf import OmegaConf
+        from torchtune import config as tune_config
 
         cfg = OmegaConf.create(config)
         tokenizer = tune_config.instantiate(cfg.tokenizer)
@@ -85,7 +85,9 @@ def steps_per_epoch(config: dict, processes: int) -> int:
     batches = count_samples(config) // (config["batch_size"] * processes)
     steps = batches // config["gradient_accumulation_steps"]
     if steps < 1:
-        raise FinetuneError(f"the training split has too few samples for one step of batch size {config['batch_size']} x {processes} process(es) x {config['gradient_accumulation_steps']} accumulation")
+        raise FinetuneError(
+            f"the training split has too few samples for one step of batch size {config['batch_size']} x {processes} process(es) x {config['gradient_accumulation_steps']} accumulation"
+        )
     return steps
 
 
@@ -115,7 +117,12 @@ def prepare(output_dir: Path, config: dict) -> None:
     if output_dir.exists() and any(output_dir.iterdir()):
         recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
         if recorded != wanted:
-            _move_aside(output_dir, "the checkpoint directory was made from a different finetune.yaml" if recorded else "the checkpoint directory holds files of unknown origin")
+            _move_aside(
+                output_dir,
+                "the checkpoint directory was made from a different finetune.yaml"
+                if recorded
+                else "the checkpoint directory holds files of unknown origin",
+            )
     output_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         write_atomic(stamp, json.dumps({"fingerprint": wanted}) + "\n")
@@ -150,7 +157,11 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int) -> dict:
     missing = [epoch for epoch in range(epochs) if epoch not in done]
     if missing:
         raise FinetuneError(f"training ended but epoch checkpoint(s) {missing} are missing or incomplete in {output_dir}")
-    manifest = {"output_dir": str(output_dir), "epochs": {f"epoch_{e}": str(output_dir / f"epoch_{e}") for e in range(epochs)}, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    manifest = {
+        "output_dir": str(output_dir),
+        "epochs": {f"epoch_{e}": str(output_dir / f"epoch_{e}") for e in range(epochs)},
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 

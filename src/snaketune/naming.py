@@ -110,7 +110,11 @@ def run_directories(experiment: Experiment, registry: dict[str, str]) -> dict[st
         key = run_key(run)
         if key in first_with_key:
             other = first_with_key[key]
-            raise SummaryError(experiment.path, run.line, f"run {run.name!r} repeats the parameters of run {other.name!r} (line {other.line}): the two would share one run directory")
+            raise SummaryError(
+                experiment.path,
+                run.line,
+                f"run {run.name!r} repeats the parameters of run {other.name!r} (line {other.line}): the two would share one run directory",
+            )
         first_with_key[key] = run
         if key in registry:
             directories[run.name] = registry[key]

@@ -65,8 +65,14 @@ CONFIG_ALIASES = {
 }
 
 NOT_APPLICABLE = {"-", "—", "–", "n/a", "na", "none"}
-RUN_TYPES = {"fine-tuned": "fine-tuned", "finetuned": "fine-tuned", "fine tuned": "fine-tuned",
-             "fine-tune": "fine-tuned", "control": "control", "base": "control"}
+RUN_TYPES = {
+    "fine-tuned": "fine-tuned",
+    "finetuned": "fine-tuned",
+    "fine tuned": "fine-tuned",
+    "fine-tune": "fine-tuned",
+    "control": "control",
+    "base": "control",
+}
 
 POSITIVE_INTS = ("lora_rank", "batch_size", "epochs")
 POSITIVE_FLOATS = ("learning_rate", "lora_alpha")
@@ -278,7 +284,9 @@ def _check_safe_name(reader: _Reader, name: str, line: int, what: str) -> None:
     if not name:
         raise reader.error(line, f"empty {what}")
     if name in {".", ".."} or ".." in name.split("/") or name.startswith("-") or _UNSAFE_NAME.search(name):
-        raise reader.error(line, f"unsafe {what} {name!r}: it must be one path component without '/', '..', a leading '-' or control characters")
+        raise reader.error(
+            line, f"unsafe {what} {name!r}: it must be one path component without '/', '..', a leading '-' or control characters"
+        )
 
 
 def check_value(reader: _Reader, key: str, value: str, line: int) -> None:
@@ -335,7 +343,7 @@ def _read_runs(reader: _Reader) -> tuple[list[Run], list[str]]:
         cells = _split_row(row.text)
         if len(cells) != len(headers):
             raise reader.error(row.number, f"the row has {len(cells)} cells but the header has {len(headers)}")
-        values = dict(zip(headers, (cell_value(c) for c in cells)))
+        values = dict(zip(headers, (cell_value(c) for c in cells), strict=True))
         name = values["run_name"]
         _check_safe_name(reader, name, row.number, "run name")
         if name in seen:
@@ -439,7 +447,7 @@ def _read_tasks(reader: _Reader) -> list[Task]:
             cells = _split_row(row.text)
             if len(cells) != len(headers):
                 raise reader.error(row.number, f"the row has {len(cells)} cells but the header has {len(headers)}")
-            values = dict(zip(headers, (cell_value(c) for c in cells)))
+            values = dict(zip(headers, (cell_value(c) for c in cells), strict=True))
             name = values["name"]
             _check_safe_name(reader, name, row.number, "task name")
             if name in seen:
@@ -484,7 +492,7 @@ EPOCH_PHRASE = re.compile(r"epochs?\s*((?:\d+\s*(?:,|and|&|\+)?\s*(?:epoch\s*)?)
 
 
 def epochs_phrase(text: str) -> str | None:
-    """"last epoch" -> "last", "all epochs" -> "all", "epochs 0, 1" -> "0,1"; None if absent."""
+    """ "last epoch" -> "last", "all epochs" -> "all", "epochs 0, 1" -> "0,1"; None if absent."""
     lowered = text.lower()
     if re.search(r"\ball\s+(\w+\s+)?epochs?\b|\bevery\s+epoch|\beach\s+epoch", lowered) or lowered.strip() == "all":
         return "all"
@@ -522,7 +530,7 @@ def _read_eval_plan(reader: _Reader) -> tuple[str | None, dict[tuple[str, str], 
             if len(cells) != len(headers):
                 raise reader.error(row.number, f"the row has {len(cells)} cells but the header has {len(headers)}")
             run = cell_value(cells[0])
-            for task, cell in zip(tasks, cells[1:]):
+            for task, cell in zip(tasks, cells[1:], strict=True):
                 text = cell_value(cell)
                 if normalise_key(task) in {"notes", "comment", "description"}:
                     continue

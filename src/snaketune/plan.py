@@ -98,7 +98,11 @@ def epochs_to_evaluate(phrase: str | None, epochs: int, where: tuple[Path, int])
     chosen = sorted({int(n) for n in phrase.split(",")})
     for epoch in chosen:
         if epoch >= epochs:
-            raise SummaryError(where[0], where[1], f"epoch {epoch} is evaluated but the run trains {epochs} epoch(s) (epochs are 0-indexed: 0..{epochs - 1})")
+            raise SummaryError(
+                where[0],
+                where[1],
+                f"epoch {epoch} is evaluated but the run trains {epochs} epoch(s) (epochs are 0-indexed: 0..{epochs - 1})",
+            )
     return chosen
 
 
@@ -108,7 +112,11 @@ def model_spec(model: str, models: list[dict], where: tuple[Path, int]) -> dict:
     for entry in models:
         if re.search(entry["match"], short, re.IGNORECASE):
             return entry
-    raise SummaryError(where[0], where[1], f"unknown model {model!r}: no entry of config 'models' matches {short!r} (add one with its torchtune builder, tokenizer and model_type)")
+    raise SummaryError(
+        where[0],
+        where[1],
+        f"unknown model {model!r}: no entry of config 'models' matches {short!r} (add one with its torchtune builder, tokenizer and model_type)",
+    )
 
 
 class _Settings:
@@ -143,7 +151,9 @@ class _Settings:
 def _dataset(experiment: Experiment, run: Run, base: Path) -> tuple[str, str]:
     raw = run.params.get("dataset") or experiment.dataset
     if not raw:
-        raise SummaryError(experiment.path, run.line, f"run {run.name!r} has no dataset: give '### Dataset' -> '**Path:**' under '## Resources'")
+        raise SummaryError(
+            experiment.path, run.line, f"run {run.name!r} has no dataset: give '### Dataset' -> '**Path:**' under '## Resources'"
+        )
     path = resolve_path(raw, base)
     if path.endswith(".json") or path.endswith(".jsonl"):
         return path, "json"
@@ -201,11 +211,17 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
     """Every run's setup and evaluations; raises :class:`SummaryError` on any bad value."""
     base = experiment.directory
     models_base = Path(config["models_dir"]) if config.get("models_dir") else base
-    output_base = resolve_path(experiment.config["checkpoint_dir"], base) if experiment.config.get("checkpoint_dir") else resolve_path(config["output_dir_base"] or "ck-outputs", base)
+    output_base = (
+        resolve_path(experiment.config["checkpoint_dir"], base)
+        if experiment.config.get("checkpoint_dir")
+        else resolve_path(config["output_dir_base"] or "ck-outputs", base)
+    )
     directories = run_directories(experiment, registry)
     warnings: list[str] = []
     if experiment.stated_directory and resolve_path(experiment.stated_directory, base) != str(base):
-        warnings.append(f"{experiment.path}: Quick Reference names experiment directory {experiment.stated_directory!r}; using {base}, the folder holding the summary")
+        warnings.append(
+            f"{experiment.path}: Quick Reference names experiment directory {experiment.stated_directory!r}; using {base}, the folder holding the summary"
+        )
     tasks = {task.name: task for task in experiment.tasks}
     evaluation_defaults = config["evaluation"]
     plans = []
@@ -234,7 +250,9 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             if warning:
                 warnings.append(f"{experiment.path}, line {run.line}: {warning}")
             if training["packing"]:
-                warnings.append(f"{experiment.path}, line {run.line}: run {run.name!r} packs its dataset: torchtune then needs an integer tokenizer.max_seq_len, which masks the final EOS label (the model may not learn to stop)")
+                warnings.append(
+                    f"{experiment.path}, line {run.line}: run {run.name!r} packs its dataset: torchtune then needs an integer tokenizer.max_seq_len, which masks the final EOS label (the model may not learn to stop)"
+                )
             training["train_split"] = config["training"]["train_split"]
             training["validation_split"] = config["training"]["validation_split"]
             setup["training"] = training
@@ -253,7 +271,12 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             },
         }
         if config["wandb"].get("project"):
-            setup["wandb"] = {"project": config["wandb"]["project"], "entity": config["wandb"].get("entity", ""), "group": experiment.name, "name": run_dir}
+            setup["wandb"] = {
+                "project": config["wandb"]["project"],
+                "entity": config["wandb"].get("entity", ""),
+                "group": experiment.name,
+                "name": run_dir,
+            }
         setup["torchtune"] = {key: value for key, value in spec.items() if key != "match"}
         setup["resources"] = stage_resources(config, _summary_gpus(settings))
         plans.append(RunPlan(run.name, run_dir, run.type, run_key(run), setup, evaluations))

@@ -41,7 +41,9 @@ def _model_component(setup: dict) -> dict:
     if spec.get("from_config"):
         hf = read_model_config(setup["model_path"])
         if hf is None:
-            raise FileNotFoundError(f"{setup['model_path']}/config.json is needed to size the {spec['builder']} model of run {setup['run_name']!r} and does not exist here")
+            raise FileNotFoundError(
+                f"{setup['model_path']}/config.json is needed to size the {spec['builder']} model of run {setup['run_name']!r} and does not exist here"
+            )
         component.update(
             vocab_size=hf["vocab_size"],
             num_layers=hf["num_hidden_layers"],
@@ -110,8 +112,16 @@ def finetune_config(setup: dict) -> dict:
         "seed": training["seed"],
         "shuffle": True,
         "batch_size": training["batch_size"],
-        "optimizer": {"_component_": "torch.optim.AdamW", "fused": on_gpu, "weight_decay": training["weight_decay"], "lr": training["learning_rate"]},
-        "lr_scheduler": {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup", "num_warmup_steps": training["warmup_steps"]},
+        "optimizer": {
+            "_component_": "torch.optim.AdamW",
+            "fused": on_gpu,
+            "weight_decay": training["weight_decay"],
+            "lr": training["learning_rate"],
+        },
+        "lr_scheduler": {
+            "_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+            "num_warmup_steps": training["warmup_steps"],
+        },
         "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
         "epochs": training["epochs"],
         # Set by the finetune job from the data (resume restores the step counter only then).
@@ -187,7 +197,9 @@ def sbatch_options(resources: dict, job_name: str, output: str, comment: str) ->
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
     env.filters["q"] = lambda value: shlex.quote(str(value))
     env.filters["qjoin"] = lambda values: shlex.join(str(v) for v in values)
     return env

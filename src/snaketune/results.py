@@ -42,7 +42,7 @@ def evaluation_row(log_path: Path, meta: dict) -> dict:
 
 
 def results_table(logs: list[Path], metas: list[dict]) -> pd.DataFrame:
-    rows = [evaluation_row(path, meta) for path, meta in zip(logs, metas)]
+    rows = [evaluation_row(path, meta) for path, meta in zip(logs, metas, strict=True)]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*FIRST_COLUMNS, "accuracy", "samples", "model_path", "log"])

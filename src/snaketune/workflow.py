@@ -30,7 +30,11 @@ def missing_paths(plan: ExperimentPlan) -> list[str]:
         for task, spec in run.setup["evaluation"]["tasks"].items():
             if spec["script"] != BUILTIN_TASK:
                 paths.setdefault(spec["script"], f"task {task} script")
-    return [f"{what} path {path} does not exist here (fine if it exists where the jobs run)" for path, what in paths.items() if not Path(path).exists()]
+    return [
+        f"{what} path {path} does not exist here (fine if it exists where the jobs run)"
+        for path, what in paths.items()
+        if not Path(path).exists()
+    ]
 
 
 def _log(log_path: str, message: str) -> None:

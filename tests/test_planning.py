@@ -1,0 +1,70 @@
+"""Planning and scaffolding with real snakemake, on a machine without the cluster's files."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from conftest import DATA
+from e2e_helpers import planned_jobs, snakemake
+
+
+@pytest.fixture
+def cluster_summary(tmp_path):
+    """The new-generation example: its model, dataset and task script don't exist here."""
+    path = tmp_path / "exp" / "experiment_summary.md"
+    path.parent.mkdir()
+    shutil.copy(DATA / "new_generation.md", path)
+    return path
+
+
+def test_dry_run_plans_everything_and_writes_nothing(cluster_summary):
+    result = snakemake(cluster_summary, "-n")
+    assert planned_jobs(result.stdout) == {
+        "scaffold_finetune": 4,
+        "scaffold_control": 1,
+        "finetune": 4,
+        "evaluate": 5,
+        "report": 1,
+        "all": 1,
+    }
+    for missing in ("model Qwen2.5-0.5B-Instruct path /data/models/Qwen2.5-0.5B-Instruct", "dataset path", "task wordcase script path"):
+        assert (result.stdout + result.stderr).count(missing) == 1, missing
+    assert "Quick Reference names experiment directory" in result.stdout + result.stderr
+    assert written_by_us(cluster_summary.parent) == ["experiment_summary.md"]
+
+
+def written_by_us(directory):
+    """What is in the experiment directory besides Snakemake's own state folder."""
+    return sorted(p.name for p in directory.iterdir() if p.name != ".snakemake")
+
+
+def test_scaffold_writes_every_run_without_the_model(cluster_summary):
+    snakemake(cluster_summary, "scaffold", "--cores", "1")
+    experiment = cluster_summary.parent
+    runs = sorted(p.name for p in experiment.iterdir() if (p / "setup_finetune.yaml").exists())
+    assert runs == ["Qwen2.5-0.5B_base", "rank32_lr1e-4", "rank32_lr3e-4", "rank4_lr1e-4", "rank4_lr3e-4"]
+    assert (experiment / "rank4_lr1e-4" / "finetune.slurm").is_file()
+    assert not (experiment / "Qwen2.5-0.5B_base" / "finetune.yaml").exists()
+    setup = yaml.safe_load((experiment / "Qwen2.5-0.5B_base" / "setup_finetune.yaml").read_text())
+    assert setup["type"] == "control"
+    assert (experiment / "Qwen2.5-0.5B_base" / "eval" / "wordcase_base.slurm").is_file()
+    # nothing was trained or evaluated, and the next plan only has the real work left
+    assert planned_jobs(snakemake(cluster_summary, "-n").stdout) == {"finetune": 4, "evaluate": 5, "report": 1, "all": 1}
+
+
+def test_rejected_summary_writes_nothing(cluster_summary):
+    text = cluster_summary.read_text().replace("| 32 | 3e-4 |", "| 32 | fast |")
+    cluster_summary.write_text(text)
+    result = snakemake(cluster_summary, "scaffold", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert f"{cluster_summary}, line 13: learning rate 'fast' is not a number" in result.stdout + result.stderr
+    assert written_by_us(cluster_summary.parent) == ["experiment_summary.md"]
+
+
+def test_training_job_fails_early_where_the_model_is_missing(cluster_summary):
+    result = snakemake(cluster_summary, "--cores", "1", "rank4_lr1e-4/finetune_manifest.json", check=False)
+    assert result.returncode != 0
+    log = (cluster_summary.parent / "rank4_lr1e-4" / "logs" / "finetune.log").read_text()
+    assert "missing on this machine: /data/models/Qwen2.5-0.5B-Instruct" in log

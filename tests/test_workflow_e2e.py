@@ -1,0 +1,114 @@
+"""The workflow end to end: real snakemake, real torchtune, real inspect-ai on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from e2e_helpers import planned_jobs, row, snakemake, write_summary
+
+pytestmark = pytest.mark.e2e
+
+ROWS = [row("fast", 8, "1e-3"), row("slow", 8, "1e-5"), row("base", "-", "-", "Control")]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, demo_assets):
+    """A 2-run + control experiment trained (2 epochs) and evaluated once for the module."""
+    directory = tmp_path_factory.mktemp("experiment")
+    summary = write_summary(directory, demo_assets, ROWS, epochs=2)
+    result = snakemake(summary, "--cores", "2")
+    return summary, result
+
+
+def test_results_table(finished):
+    summary, _ = finished
+    table = pd.read_csv(summary.parent / "results" / "results.csv")
+    assert sorted(table["run"]) == ["lr1e-3", "lr1e-5", "tiny-llama_base"]
+    assert set(table.columns) >= {"run", "run_name", "type", "task", "epoch", "lora_rank", "learning_rate", "accuracy", "samples", "log"}
+    by_run = table.set_index("run")
+    assert by_run.loc["lr1e-3", "type"] == "fine-tuned"
+    assert by_run.loc["tiny-llama_base", "type"] == "control"
+    assert by_run.loc["lr1e-3", "epoch"] == 1
+    assert by_run.loc["lr1e-3", "learning_rate"] == pytest.approx(1e-3)
+    assert (table["samples"] > 0).all()
+    # a real learning signal: the control copies (lower case), the fast run capitalizes
+    assert by_run.loc["tiny-llama_base", "accuracy"] <= 0.2
+    assert by_run.loc["lr1e-3", "accuracy"] >= 0.8
+
+
+def test_run_directories_hold_their_files(finished):
+    summary, _ = finished
+    experiment = summary.parent
+    for run in ("lr1e-3", "lr1e-5"):
+        for name in (
+            "setup_finetune.yaml",
+            "finetune.yaml",
+            "finetune.slurm",
+            "finetune_manifest.json",
+            "eval/wordcase_epoch_1.slurm",
+            "eval/logs/wordcase_epoch_1.eval",
+        ):
+            assert (experiment / run / name).is_file(), name
+        manifest = json.loads((experiment / run / "finetune_manifest.json").read_text())
+        assert sorted(manifest["epochs"]) == ["epoch_0", "epoch_1"]
+        for path in manifest["epochs"].values():
+            assert Path(path, "adapter_config.json").is_file()
+        assert Path(manifest["output_dir"]) == experiment / "ck-outputs" / f"ck-out-{run}"
+    assert (experiment / "tiny-llama_base" / "eval" / "logs" / "wordcase_base.eval").is_file()
+    assert not (experiment / "tiny-llama_base" / "finetune.yaml").exists()
+
+
+def test_evaluation_starts_after_its_own_training(finished):
+    from inspect_ai.log import read_eval_log
+
+    summary, _ = finished
+    for run in ("lr1e-3", "lr1e-5"):
+        trained = (summary.parent / run / "finetune_manifest.json").stat().st_mtime
+        log = read_eval_log(str(summary.parent / run / "eval" / "logs" / "wordcase_epoch_1.eval"), header_only=True)
+        started = pd.Timestamp(log.eval.created).timestamp()
+        assert started >= trained
+
+
+def test_rerun_is_a_no_op(finished):
+    summary, _ = finished
+    result = snakemake(summary, "--cores", "2")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_prose_edits_change_nothing(finished):
+    summary, _ = finished
+    original = summary.read_text()
+    try:
+        summary.write_text(original.replace("## Evaluation Plan", "## Notes\nSome prose a person added.\n\n## Evaluation Plan"))
+        result = snakemake(summary, "-n")
+        assert "Nothing to be done" in result.stdout + result.stderr
+    finally:
+        summary.write_text(original)
+
+
+def test_adding_a_row_schedules_only_that_run(finished):
+    summary, _ = finished
+    original = summary.read_text()
+    try:
+        summary.write_text(original.replace(ROWS[1], ROWS[1] + "\n" + row("bigger", 16, "1e-5")))
+        result = snakemake(summary, "-n")
+        jobs = planned_jobs(result.stdout)
+        assert jobs == {"scaffold_finetune": 1, "finetune": 1, "evaluate": 1, "report": 1, "all": 1}
+        # the new run is named from the new varying set; the existing runs keep their names
+        assert "rank16_lr1e-5/finetune_manifest.json" in result.stdout
+        assert "rank8_lr1e-3" not in result.stdout
+    finally:
+        summary.write_text(original)
+
+
+def test_setup_records_the_run(finished):
+    summary, _ = finished
+    setup = yaml.safe_load((summary.parent / "lr1e-3" / "setup_finetune.yaml").read_text())
+    assert setup["run_name"] == "fast"
+    assert setup["training"]["learning_rate"] == 1e-3
+    registry = sorted(p.name for p in (summary.parent / ".snaketune" / "runs").glob("*.json"))
+    assert registry == ["lr1e-5.json", "lr1e-3.json", "tiny-llama_base.json"]
