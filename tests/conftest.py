@@ -25,7 +25,7 @@ def demo_assets(tmp_path_factory) -> Path:
     """A folder holding the demo's built model (models/) and data (data/)."""
     from snaketune.demo import build_demo_assets
 
-    cache = Path(os.environ.get("SNAKETUNE_TEST_ASSETS", tmp_path_factory.mktemp("demo-assets")))
+    cache = Path(os.environ.get("SNAKETUNE_TEST_ASSETS") or tmp_path_factory.mktemp("demo-assets")).absolute()
     build_demo_assets(cache)
     return cache
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import DATA
 
-from snaketune.naming import load_registry, record_run, run_directories, short_model_name
+from snaketune.naming import load_registry, record_run, run_directories, run_key, short_model_name
 from snaketune.parse import SummaryError, read_summary
 
 HEAD = """# names
@@ -72,7 +72,7 @@ def test_names_are_stable_when_a_new_column_starts_to_vary(summary_file, tmp_pat
     first = summary(summary_file, rows)
     names = run_directories(first, {})
     for run in first.runs:
-        record_run(tmp_path, run, names[run.name])
+        record_run(tmp_path, run_key(run), run.name, names[run.name])
     grown = summary(summary_file, rows + "| c | Llama-3.2-1B-Instruct | 8 | 1e-5 | 8 | Fine-tuned |\n")
     regrown = run_directories(grown, load_registry(tmp_path))
     assert regrown == {"a": "rank8", "b": "rank16", "c": "rank8_bs8"}
@@ -84,7 +84,7 @@ def test_collision_with_a_recorded_name_gets_a_suffix(summary_file, tmp_path):
         "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n",
     )
     for run, name in zip(first.runs, ["rank8", "rank16"], strict=True):
-        record_run(tmp_path, run, name)
+        record_run(tmp_path, run_key(run), run.name, name)
     # a different run whose proposed name is already recorded for another key
     later = summary(
         summary_file,
@@ -98,9 +98,10 @@ def test_record_refuses_to_rebind_a_name(summary_file, tmp_path):
         summary_file,
         "| a | Llama-3.2-1B-Instruct | 8 | 1e-5 | 4 | Fine-tuned |\n| b | Llama-3.2-1B-Instruct | 16 | 1e-5 | 4 | Fine-tuned |\n",
     )
-    record_run(tmp_path, experiment.runs[0], "rank8")
+    first, second = experiment.runs
+    record_run(tmp_path, run_key(first), first.name, "rank8")
     with pytest.raises(RuntimeError, match="already records another run"):
-        record_run(tmp_path, experiment.runs[1], "rank8")
+        record_run(tmp_path, run_key(second), second.name, "rank8")
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ def plan(path: Path, config: dict):
 def scaffold(tmp_path: Path, config: dict, summary: Path | None = None, run_index: int = 0):
     experiment_plan = plan(summary or DATA / "new_generation.md", config)
     run = experiment_plan.runs[run_index]
-    write_run_files(run.setup, tmp_path / run.run_dir, config["environment"])
+    write_run_files(run.setup, tmp_path / run.run_dir)
     return run, tmp_path / run.run_dir
 
 

@@ -111,4 +111,4 @@ def test_setup_records_the_run(finished):
     assert setup["run_name"] == "fast"
     assert setup["training"]["learning_rate"] == 1e-3
     registry = sorted(p.name for p in (summary.parent / ".snaketune" / "runs").glob("*.json"))
-    assert registry == ["lr1e-5.json", "lr1e-3.json", "tiny-llama_base.json"]
+    assert registry == ["lr1e-3.json", "lr1e-5.json", "tiny-llama_base.json"]

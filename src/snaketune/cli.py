@@ -47,6 +47,32 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaffold(args: argparse.Namespace) -> int:
+    import json
+
+    from snaketune.naming import record_run
+    from snaketune.scaffold import write_run_files
+
+    payload = json.loads(args.payload)
+    setup = payload["setup"]
+    experiment_dir = Path(args.experiment_dir).absolute()
+    record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"])
+    for path in write_run_files(setup, experiment_dir / setup["run_dir"]):
+        print(f"wrote {path}")
+    if setup["type"] == "fine-tuned" and setup["training"]["packing"]:
+        print("WARNING: packing on: tokenizer.max_seq_len is an integer, so torchtune 0.6.1 masks the final EOS label")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from snaketune.results import format_table, write_results
+
+    table = write_results([Path(p) for p in args.logs], Path(args.out))
+    print(f"{len(table)} evaluation(s) -> {args.out}")
+    print(format_table(table))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from snaketune.demo import build_demo_assets
 
@@ -69,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--checkpoint", required=True, help="epoch_N, or base for a control")
     evaluate.add_argument("--out", required=True, help="the .eval log to write")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    scaffold = commands.add_parser("scaffold", help="write one run's files (the workflow's per-run scaffold job)")
+    scaffold.add_argument("--experiment-dir", required=True)
+    scaffold.add_argument("--payload", required=True, help="JSON: the run's key and setup")
+    scaffold.set_defaults(func=cmd_scaffold)
+
+    report = commands.add_parser("report", help="aggregate evaluation logs into results.csv (the workflow's report job)")
+    report.add_argument("--out", required=True)
+    report.add_argument("logs", nargs="*")
+    report.set_defaults(func=cmd_report)
 
     results = commands.add_parser("results", help="print an experiment's results table")
     results.add_argument("experiment", help="experiment directory or its experiment_summary.md")

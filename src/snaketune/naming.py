@@ -87,13 +87,13 @@ def load_registry(experiment_dir: Path) -> dict[str, str]:
     return registry
 
 
-def record_run(experiment_dir: Path, run: Run, run_dir: str) -> None:
-    """Remember ``run_dir`` for this run (atomic, one file per run so jobs never contend)."""
+def record_run(experiment_dir: Path, key: str, run_name: str, run_dir: str) -> None:
+    """Remember ``run_dir`` for the run ``key`` (atomic, one file per run so jobs never contend)."""
     folder = experiment_dir / REGISTRY
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{run_dir}.json"
-    payload = json.dumps({"key": run_key(run), "run_name": run.name}, indent=1) + "\n"
-    if target.exists() and json.loads(target.read_text())["key"] != run_key(run):
+    payload = json.dumps({"key": key, "run_name": run_name}, indent=1) + "\n"
+    if target.exists() and json.loads(target.read_text())["key"] != key:
         raise RuntimeError(f"{target} already records another run; refusing to overwrite it")
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
         handle.write(payload)

@@ -60,16 +60,18 @@ class ExperimentPlan:
     def __post_init__(self) -> None:
         self._by_dir = {run.run_dir: run for run in self.runs}
 
-    def parameters(self, run: RunPlan) -> dict:
-        """The run's value of every parameter column of the table (typed where training uses it)."""
-        values = {"model": run.setup["model"]}
-        training = run.setup.get("training", {})
-        for column in self.experiment.columns:
-            if column in training:
-                values[column] = training[column]
-            else:
-                values[column] = run.setup["parameters"].get(column, self.experiment.config.get(column) if run.fine_tuned else None)
-        return values
+
+def table_values(experiment: Experiment, run: Run, setup: dict) -> dict:
+    """The run's value of every parameter column of the table (typed where training uses it):
+    the columns of its row in the results table."""
+    values = {"model": run.model}
+    training = setup.get("training", {})
+    for column in experiment.columns:
+        if column in training:
+            values[column] = training[column]
+        else:
+            values[column] = run.params.get(column, experiment.config.get(column) if run.type == "fine-tuned" else None)
+    return values
 
 
 def resolve_path(value: str, base: Path) -> str:
@@ -279,6 +281,8 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             }
         setup["torchtune"] = {key: value for key, value in spec.items() if key != "match"}
         setup["resources"] = stage_resources(config, _summary_gpus(settings))
+        setup["environment"] = dict(config["environment"])
+        setup["table"] = table_values(experiment, run, setup)
         plans.append(RunPlan(run.name, run_dir, run.type, run_key(run), setup, evaluations))
     return ExperimentPlan(experiment, plans, warnings)
 

@@ -5,29 +5,48 @@ Scores are read with inspect-ai's own log API (``read_eval_log``), never by unpa
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from snaketune.render import write_atomic
 
 FIRST_COLUMNS = ["run", "run_name", "type", "task", "epoch", "checkpoint"]
 
 
-def evaluation_row(log_path: Path, meta: dict) -> dict:
-    """One results row: the evaluation's identity, the run's parameters and its scores."""
+LOG_NAME = re.compile(r"^(?P<task>.+)_(?P<checkpoint>base|epoch_\d+)\.eval$")
+
+
+@cache
+def _setup(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "setup_finetune.yaml").read_text())
+
+
+def evaluation_row(log_path: Path) -> dict:
+    """One results row: the evaluation's identity, the run's parameters and its scores.
+
+    The log's place names it (``<run_dir>/eval/logs/<task>_<checkpoint>.eval``); the run's
+    ``setup_finetune.yaml`` gives its name, type and parameter values.
+    """
     from inspect_ai.log import read_eval_log
 
+    name = LOG_NAME.match(log_path.name)
+    if name is None:
+        raise ValueError(f"{log_path} is not named <task>_<checkpoint>.eval")
+    setup = _setup(log_path.parent.parent.parent)
     log = read_eval_log(str(log_path), header_only=True)
-    checkpoint = meta["checkpoint"]
+    checkpoint = name.group("checkpoint")
     row = {
-        "run": meta["run"],
-        "run_name": meta["run_name"],
-        "type": meta["type"],
-        "task": meta["task"],
+        "run": setup["run_dir"],
+        "run_name": setup["run_name"],
+        "type": setup["type"],
+        "task": name.group("task"),
         "epoch": int(checkpoint.removeprefix("epoch_")) if checkpoint.startswith("epoch_") else None,
         "checkpoint": checkpoint,
-        **meta["parameters"],
+        **setup["table"],
     }
     scores = log.results.scores if log.results else []
     for score in scores:
@@ -41,8 +60,8 @@ def evaluation_row(log_path: Path, meta: dict) -> dict:
     return row
 
 
-def results_table(logs: list[Path], metas: list[dict]) -> pd.DataFrame:
-    rows = [evaluation_row(path, meta) for path, meta in zip(logs, metas, strict=True)]
+def results_table(logs: list[Path]) -> pd.DataFrame:
+    rows = [evaluation_row(path) for path in logs]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*FIRST_COLUMNS, "accuracy", "samples", "model_path", "log"])
@@ -50,8 +69,8 @@ def results_table(logs: list[Path], metas: list[dict]) -> pd.DataFrame:
     return table
 
 
-def write_results(logs: list[Path], metas: list[dict], out: Path) -> pd.DataFrame:
-    table = results_table(logs, metas)
+def write_results(logs: list[Path], out: Path) -> pd.DataFrame:
+    table = results_table(logs)
     write_atomic(out, table.to_csv(index=False))
     return table
 

@@ -17,7 +17,7 @@ def eval_log_name(task: str, checkpoint: str) -> str:
     return f"{task}_{checkpoint}.eval"
 
 
-def write_run_files(setup: dict, run_dir: Path, environment: dict) -> list[Path]:
+def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
     """setup_finetune.yaml, and for a fine-tuned run finetune.yaml + finetune.slurm, plus one
     evaluation script per (task, checkpoint). Returns the files written."""
     run_dir = run_dir.absolute()
@@ -25,7 +25,7 @@ def write_run_files(setup: dict, run_dir: Path, environment: dict) -> list[Path]
     setup_path = run_dir / "setup_finetune.yaml"
     render.write_atomic(setup_path, render.dump_yaml(setup, SETUP_HEADER))
     written.append(setup_path)
-    activation = render.environment_lines(environment)
+    activation = render.environment_lines(setup["environment"])
     resources = setup["resources"]
     if setup["type"] == "fine-tuned":
         finetune_yaml = run_dir / "finetune.yaml"

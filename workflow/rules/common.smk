@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from snaketune.parse import SummaryError
 from snaketune.render import tune_command
-from snaketune.workflow import load_plan, missing_paths, scaffold_run, write_report
+from snaketune.workflow import load_plan, missing_paths, scaffold_payload
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -53,8 +53,8 @@ def run_plan(wildcards):
     return PLAN.run(wildcards.run)
 
 
-def get_setup(wildcards):
-    return run_plan(wildcards).setup
+def get_scaffold_payload(wildcards):
+    return scaffold_payload(run_plan(wildcards))
 
 
 def get_training(wildcards):
@@ -137,22 +137,6 @@ def evaluation_logs():
     return [
         f"{run.run_dir}/eval/logs/{e.task}_{e.checkpoint}.eval"
         for run in PLAN.runs
-        for e in run.evaluations
-    ]
-
-
-def get_report_meta():
-    return [
-        {
-            "run": run.run_dir,
-            "run_name": run.name,
-            "type": run.type,
-            "task": e.task,
-            "checkpoint": e.checkpoint,
-            "parameters": parameters,
-        }
-        for run in PLAN.runs
-        for parameters in [PLAN.parameters(run)]
         for e in run.evaluations
     ]
 

@@ -5,7 +5,5 @@ rule report:
         "results/results.csv",
     log:
         "logs/report.log",
-    params:
-        meta=get_report_meta(),
-    run:
-        write_report(input, params.meta, output[0], log[0])
+    shell:
+        "python -m snaketune report --out {output:q} {input:q} > {log:q} 2>&1"

@@ -17,12 +17,12 @@ rule scaffold_finetune:
         slurm="{run}/finetune.slurm",
     log:
         "{run}/logs/scaffold.log",
+    params:
+        payload=get_scaffold_payload,
     wildcard_constraints:
         run=_alternatives(run.run_dir for run in FINE_TUNED),
-    params:
-        setup=get_setup,
-    run:
-        scaffold_run(PLAN, wildcards.run, config, log[0])
+    shell:
+        "python -m snaketune scaffold --experiment-dir . --payload {params.payload:q} > {log:q} 2>&1"
 
 
 rule scaffold_control:
@@ -30,9 +30,9 @@ rule scaffold_control:
         setup="{run}/setup_finetune.yaml",
     log:
         "{run}/logs/scaffold.log",
+    params:
+        payload=get_scaffold_payload,
     wildcard_constraints:
         run=_alternatives(run.run_dir for run in CONTROLS),
-    params:
-        setup=get_setup,
-    run:
-        scaffold_run(PLAN, wildcards.run, config, log[0])
+    shell:
+        "python -m snaketune scaffold --experiment-dir . --payload {params.payload:q} > {log:q} 2>&1"
