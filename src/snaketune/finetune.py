@@ -2,7 +2,8 @@
 
 Snakemake only sees the small manifest this job writes at the end; the checkpoints live in
 ``<output_dir_base>/ck-out-<run_dir>/`` where Snakemake never deletes anything. The job:
-- refuses to share a checkpoint directory with another live training of the run (a lock);
+- never trains a run twice at once: a lock beside the checkpoint directory makes a second
+  job wait for the first, then use or resume from what it saved;
 - moves aside (never deletes) checkpoints made from a different config (a fingerprint);
 - resumes from ``recipe_state/recipe_state.pt`` when a previous attempt left one;
 - computes ``max_steps_per_epoch`` from the data (torchtune restores its step counter and
@@ -128,21 +129,35 @@ def prepare(output_dir: Path, config: dict) -> None:
         write_atomic(stamp, json.dumps({"fingerprint": wanted}) + "\n")
 
 
+def recipe_epochs_run(state: Path) -> int | None:
+    """Epochs a saved recipe state says were run, or None when it is missing or unreadable
+    (torchtune writes it in place, so a kill while saving leaves a truncated file)."""
+    if not state.is_file():
+        return None
+    import torch
+
+    try:
+        return int(torch.load(state, map_location="cpu", weights_only=False)["epochs_run"])
+    except Exception as error:  # any unreadable file means: cannot resume from it
+        print(f"snaketune: {state} is unreadable ({type(error).__name__}); it cannot be resumed from", flush=True)
+        return None
+
+
 def resume_overrides(output_dir: Path, epochs: int) -> list[str]:
-    """torchtune overrides to continue a previous attempt, or none to start fresh."""
-    done = complete_epochs(output_dir)
-    state = output_dir / "recipe_state" / "recipe_state.pt"
-    if not state.is_file() or not done:
+    """torchtune overrides to continue a previous attempt, or none to start fresh.
+
+    torchtune resumes the adapter of the highest ``epoch_N`` directory with the optimizer and
+    dataloader state of ``recipe_state.pt``: both must describe the same epoch, so epoch
+    directories newer than the recipe state (a save killed half-way) are set aside first.
+    """
+    epochs_run = recipe_epochs_run(output_dir / "recipe_state" / "recipe_state.pt")
+    if not epochs_run or epochs_run >= epochs or epochs_run - 1 not in complete_epochs(output_dir):
         return []
-    latest = done[-1]
-    if latest + 1 >= epochs:
-        return []
-    # A newer, half-saved epoch directory would be picked up as the adapter to resume from.
     for path in output_dir.glob("epoch_*"):
         suffix = path.name.removeprefix("epoch_")
-        if suffix.isdigit() and int(suffix) > latest:
+        if suffix.isdigit() and int(suffix) >= epochs_run:
             _quarantine(path)
-    print(f"snaketune: resuming from epoch_{latest} (recipe_state present)", flush=True)
+    print(f"snaketune: resuming from epoch_{epochs_run - 1} (recipe_state present)", flush=True)
     return ["resume_from_checkpoint=True"]
 
 
@@ -179,17 +194,19 @@ def run(run_dir: Path, command: list[str]) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FinetuneError(f"another training of this run holds {lock_path}; not starting a second one") from None
+            # e.g. the training of a killed snakemake driver still runs: wait for it, then
+            # use (or resume from) what it saved instead of training the run twice at once.
+            print(f"snaketune: another training of this run holds {lock_path}; waiting for it to end", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         prepare(output_dir, config)
-        done = complete_epochs(output_dir)
-        if done and not (output_dir / "recipe_state" / "recipe_state.pt").is_file() and done != list(range(epochs)):
-            _move_aside(output_dir, f"epochs {done} were saved without the recipe state needed to resume")
-            prepare(output_dir, config)
         if complete_epochs(output_dir) == list(range(epochs)):
             print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)
         else:
-            overrides = [f"max_steps_per_epoch={steps_per_epoch(config, _processes(command))}"]
-            overrides += resume_overrides(output_dir, epochs)
+            resume = resume_overrides(output_dir, epochs)
+            if not resume and any(output_dir.glob("epoch_*")):
+                _move_aside(output_dir, "the saved epochs cannot be resumed from (no readable recipe state)")
+                prepare(output_dir, config)
+            overrides = [f"max_steps_per_epoch={steps_per_epoch(config, _processes(command))}", *resume]
             env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
             full = command + overrides
             print("snaketune: " + " ".join(full), flush=True)

@@ -79,6 +79,7 @@ POSITIVE_FLOATS = ("learning_rate", "lora_alpha")
 NON_NEGATIVE_INTS = ("gpus", "seed", "max_tokens")
 
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SummaryError(ValueError):
@@ -360,7 +361,7 @@ def _read_runs(reader: _Reader) -> tuple[list[Run], list[str]]:
             value = values[key]
             if value == "" or value.lower() in NOT_APPLICABLE:
                 continue
-            if _UNSAFE_NAME.search(value) and key != "system_prompt":
+            if _CONTROL.search(value):
                 raise reader.error(row.number, f"{key.replace('_', ' ')} {value!r} contains control characters")
             check_value(reader, key, value, row.number)
             params[key] = value

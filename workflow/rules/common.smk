@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 from snaketune.parse import SummaryError
 from snaketune.render import tune_command
@@ -13,8 +14,17 @@ from snaketune.workflow import load_plan, missing_paths, scaffold_payload
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+# The summary path is resolved once, by the snakemake the user started, and handed to the
+# jobs through the environment: each job re-parses this workflow, and the inner snakemake of
+# a SLURM job does so from inside the experiment directory, where a relative path misleads.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    os.environ.update(SNAKETUNE_EXPERIMENT=str(Path(config["experiment"]).absolute()))
+EXPERIMENT = Path(
+    os.environ.get("SNAKETUNE_EXPERIMENT", config["experiment"])
+).absolute()
+
 try:
-    PLAN = load_plan(Path(config["experiment"]).absolute(), config)
+    PLAN = load_plan(EXPERIMENT, config)
 except (SummaryError, FileNotFoundError) as error:
     raise WorkflowError(str(error)) from None
 
@@ -28,6 +38,7 @@ workdir: PLAN.directory
 
 envvars:
     "PATH",
+    "SNAKETUNE_EXPERIMENT",
 
 
 # Jobs call `python -m snaketune` and `tune` from the environment snakemake runs in, even

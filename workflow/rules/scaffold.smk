@@ -17,10 +17,12 @@ rule scaffold_finetune:
         slurm="{run}/finetune.slurm",
     log:
         "{run}/logs/scaffold.log",
-    params:
-        payload=get_scaffold_payload,
     wildcard_constraints:
         run=_alternatives(run.run_dir for run in FINE_TUNED),
+    conda:
+        "../envs/snaketune.yaml"
+    params:
+        payload=get_scaffold_payload,
     shell:
         "python -m snaketune scaffold --experiment-dir . --payload {params.payload:q} > {log:q} 2>&1"
 
@@ -30,9 +32,11 @@ rule scaffold_control:
         setup="{run}/setup_finetune.yaml",
     log:
         "{run}/logs/scaffold.log",
-    params:
-        payload=get_scaffold_payload,
     wildcard_constraints:
         run=_alternatives(run.run_dir for run in CONTROLS),
+    conda:
+        "../envs/snaketune.yaml"
+    params:
+        payload=get_scaffold_payload,
     shell:
         "python -m snaketune scaffold --experiment-dir . --payload {params.payload:q} > {log:q} 2>&1"

@@ -1,0 +1,117 @@
+"""Resume, never restart: a killed training continues from its last complete epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from e2e_helpers import REPO, SNAKEMAKE, row, snakemake, write_summary
+
+from snaketune.finetune import epoch_complete
+
+pytestmark = pytest.mark.e2e
+
+
+def digest(directory: Path) -> dict[str, tuple[str, int]]:
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def start(summary: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SNAKEMAKE), *args, "--cores", "2", "--config", f"experiment={summary}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+
+
+def last_step(checkpoints: Path) -> int:
+    """The last step torchtune's DiskLogger wrote ("Step N | loss:..." lines)."""
+    steps = [0]
+    for log in (checkpoints / "logs").glob("*.txt"):
+        steps += [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("Step ")]
+    return max(steps)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the workflow ended before the condition was met"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def three_epochs(tmp_path, demo_assets):
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("only", 8, "1e-3")], epochs=3, plan="Evaluate all epochs.")
+    return summary, tmp_path / "exp" / "ck-outputs" / "ck-out-only"
+
+
+def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
+    summary, checkpoints = three_epochs
+    process = start(summary, "only/finetune_manifest.json")
+    # kill mid-way through the second epoch: 50 steps an epoch, so step 60 is in epoch 1
+    wait_for(lambda: epoch_complete(checkpoints / "epoch_0") and last_step(checkpoints) >= 60, process)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver, snakemake's job and torchtune alike
+    process.wait()
+    assert not (checkpoints / "epoch_2").exists()
+    before = digest(checkpoints / "epoch_0")
+
+    snakemake(summary, "--unlock")  # the killed driver's lock (the README's recovery step)
+    snakemake(summary, "--cores", "2")
+
+    assert digest(checkpoints / "epoch_0") == before  # byte-identical and not rewritten
+    assert all(epoch_complete(checkpoints / f"epoch_{n}") for n in range(3))
+    log = (summary.parent / "only" / "logs" / "finetune.log").read_text()
+    assert "resuming from epoch_0" in log or "resuming from epoch_1" in log
+    assert "resume_from_checkpoint=True" in log
+    results = pd.read_csv(summary.parent / "results" / "results.csv")
+    assert sorted(results["epoch"]) == [0, 1, 2]  # all three epochs evaluated
+
+
+def test_killed_driver_rerun_does_not_train_twice(three_epochs):
+    summary, checkpoints = three_epochs
+    target = "only/finetune_manifest.json"
+    process = start(summary, target)
+    wait_for(lambda: (checkpoints / "snaketune_fingerprint.json").is_file(), process)
+    os.kill(process.pid, signal.SIGKILL)  # only the driver: its training goes on
+    process.wait()
+    snakemake(summary, "--unlock")
+    snakemake(summary, target, "--cores", "2")
+    log = (summary.parent / "only" / "logs" / "finetune.log").read_text()
+    assert "waiting for it to end" in log
+    assert "not retraining" in log  # the orphaned training finished the run; no second one
+    assert "Running LoRAFinetuneRecipeSingleDevice" not in log
+    assert (summary.parent / target).is_file()
+
+
+def test_training_finished_but_marker_missing_is_not_retrained(three_epochs, tmp_path):
+    summary, checkpoints = three_epochs
+    target = "only/finetune_manifest.json"
+    snakemake(summary, target, "--cores", "2")
+    (summary.parent / target).unlink()
+    before = digest(checkpoints / "epoch_2")
+    snakemake(summary, target, "--cores", "2")
+    assert digest(checkpoints / "epoch_2") == before
+    assert "not retraining" in (summary.parent / "only" / "logs" / "finetune.log").read_text()
+
+
+def test_second_invocation_is_refused_by_the_lock(three_epochs):
+    summary, checkpoints = three_epochs
+    process = start(summary, "only/finetune_manifest.json")
+    try:
+        wait_for(lambda: (checkpoints / "snaketune_fingerprint.json").is_file(), process)
+        second = snakemake(summary, "--cores", "1", check=False)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
