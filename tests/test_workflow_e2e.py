@@ -12,7 +12,7 @@ from e2e_helpers import planned_jobs, row, snakemake, write_summary
 
 pytestmark = pytest.mark.e2e
 
-ROWS = [row("fast", 8, "1e-3"), row("slow", 8, "1e-5"), row("base", "-", "-", "Control")]
+ROWS = [row("fast", 16, "1e-3"), row("slow", 16, "1e-5"), row("base", "-", "-", "Control")]
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,13 @@ def test_adding_a_row_schedules_only_that_run(finished):
     summary, _ = finished
     original = summary.read_text()
     try:
-        summary.write_text(original.replace(ROWS[1], ROWS[1] + "\n" + row("bigger", 16, "1e-5")))
+        summary.write_text(original.replace(ROWS[1], ROWS[1] + "\n" + row("smaller", 8, "1e-5")))
         result = snakemake(summary, "-n")
         jobs = planned_jobs(result.stdout)
         assert jobs == {"scaffold_finetune": 1, "finetune": 1, "evaluate": 1, "report": 1, "all": 1}
         # the new run is named from the new varying set; the existing runs keep their names
-        assert "rank16_lr1e-5/finetune_manifest.json" in result.stdout
-        assert "rank8_lr1e-3" not in result.stdout
+        assert "rank8_lr1e-5/finetune_manifest.json" in result.stdout
+        assert "rank16_lr1e-3" not in result.stdout
     finally:
         summary.write_text(original)
 
