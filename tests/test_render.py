@@ -166,3 +166,10 @@ def test_eval_script_matches_evaluate_resources(tmp_path, config, summary_file, 
     assert ("#SBATCH --gpus=1" in script) == (gpus == 1)
     assert f"#SBATCH --time=00:{config['resources']['evaluate']['time']:02d}:00" in script
     assert "--checkpoint epoch_1" in script
+
+
+def test_settings_torchtune_cannot_honour_are_warned_about(config):
+    experiment_plan = plan(DATA / "old_generation.md", config)  # "Validation during training: Yes"
+    assert [w for w in experiment_plan.warnings if "validation during training" in w] == [
+        f"{DATA / 'old_generation.md'}, line 49: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
+    ]

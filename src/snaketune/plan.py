@@ -251,9 +251,13 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             training["recipe"], warning = _recipe_warning(training["recipe"], training["gpus"])
             if warning:
                 warnings.append(f"{experiment.path}, line {run.line}: {warning}")
+            if training["validation"]:
+                warnings.append(
+                    f"{experiment.path}, line {settings.where('validation')[1]}: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
+                )
             if training["packing"]:
                 warnings.append(
-                    f"{experiment.path}, line {run.line}: run {run.name!r} packs its dataset: torchtune then needs an integer tokenizer.max_seq_len, which masks the final EOS label (the model may not learn to stop)"
+                    f"{experiment.path}, line {settings.where('packing')[1]}: dataset packing needs an integer tokenizer.max_seq_len, which makes torchtune 0.6.1 mask the final EOS label (the model may not learn to stop)"
                 )
             training["train_split"] = config["training"]["train_split"]
             training["validation_split"] = config["training"]["validation_split"]
@@ -284,7 +288,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
         setup["environment"] = dict(config["environment"])
         setup["table"] = table_values(experiment, run, setup)
         plans.append(RunPlan(run.name, run_dir, run.type, run_key(run), setup, evaluations))
-    return ExperimentPlan(experiment, plans, warnings)
+    return ExperimentPlan(experiment, plans, list(dict.fromkeys(warnings)))
 
 
 def stage_resources(config: dict, gpus: int | None) -> dict:
