@@ -105,6 +105,27 @@ def test_adding_a_row_schedules_only_that_run(finished):
         summary.write_text(original)
 
 
+def changed_plan(summary, old: str, new: str, *targets: str) -> dict[str, int]:
+    original = summary.read_text()
+    try:
+        summary.write_text(original.replace(old, new))
+        return planned_jobs(snakemake(summary, "-n", *targets).stdout)
+    finally:
+        summary.write_text(original)
+
+
+def test_changed_evaluation_settings_reevaluate_without_retraining(finished):
+    summary, _ = finished
+    jobs = changed_plan(summary, "**Max tokens:** 16", "**Max tokens:** 12")
+    assert jobs == {"scaffold_finetune": 2, "scaffold_control": 1, "evaluate": 3, "report": 1, "all": 1}
+
+
+def test_changed_training_settings_retrain(finished):
+    summary, _ = finished
+    jobs = changed_plan(summary, "**Batch size:** 8", "**Batch size:** 4", "lr1e-3/finetune_manifest.json")
+    assert jobs == {"scaffold_finetune": 1, "finetune": 1}
+
+
 def test_setup_records_the_run(finished):
     summary, _ = finished
     setup = yaml.safe_load((summary.parent / "lr1e-3" / "setup_finetune.yaml").read_text())

@@ -56,9 +56,10 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
     payload = json.loads(args.payload)
     setup = payload["setup"]
     experiment_dir = Path(args.experiment_dir).absolute()
-    record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"])
     for path in write_run_files(setup, experiment_dir / setup["run_dir"]):
         print(f"wrote {path}")
+    # recorded last: the digests say which settings the files on disk were rendered from
+    record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"], payload["digests"])
     if setup["type"] == "fine-tuned" and setup["training"]["packing"]:
         print("WARNING: packing on: tokenizer.max_seq_len is an integer, so torchtune 0.6.1 masks the final EOS label")
     return 0

@@ -77,22 +77,26 @@ def _proposed_name(experiment: Experiment, run: Run, varying: list[str]) -> str:
     return "_".join(parts) or _slug(run.name)
 
 
+def read_registry(experiment_dir: Path) -> dict[str, dict]:
+    """Run directory -> its record: ``key``, ``run_name`` and the ``digests`` of the settings
+    its files were last rendered from."""
+    folder = experiment_dir / REGISTRY
+    if not folder.is_dir():
+        return {}
+    return {entry.stem: json.loads(entry.read_text()) for entry in sorted(folder.glob("*.json"))}
+
+
 def load_registry(experiment_dir: Path) -> dict[str, str]:
     """Recorded run key -> run directory."""
-    registry = {}
-    folder = experiment_dir / REGISTRY
-    if folder.is_dir():
-        for entry in sorted(folder.glob("*.json")):
-            registry[json.loads(entry.read_text())["key"]] = entry.stem
-    return registry
+    return {record["key"]: run_dir for run_dir, record in read_registry(experiment_dir).items()}
 
 
-def record_run(experiment_dir: Path, key: str, run_name: str, run_dir: str) -> None:
+def record_run(experiment_dir: Path, key: str, run_name: str, run_dir: str, digests: dict | None = None) -> None:
     """Remember ``run_dir`` for the run ``key`` (atomic, one file per run so jobs never contend)."""
     folder = experiment_dir / REGISTRY
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{run_dir}.json"
-    payload = json.dumps({"key": key, "run_name": run_name}, indent=1) + "\n"
+    payload = json.dumps({"key": key, "run_name": run_name, "digests": digests or {}}, indent=1) + "\n"
     if target.exists() and json.loads(target.read_text())["key"] != key:
         raise RuntimeError(f"{target} already records another run; refusing to overwrite it")
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:

@@ -1,11 +1,12 @@
-"""What the Snakefile calls at DAG-build time: load the plan once, and warn about missing paths."""
+"""What the Snakefile calls at DAG-build time: load the plan once, decide what changed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from snaketune.naming import load_registry
+from snaketune.naming import read_registry
 from snaketune.parse import read_summary
 from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experiment
 
@@ -13,12 +14,57 @@ from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experimen
 def load_plan(summary: Path, config: dict) -> ExperimentPlan:
     """Parse the summary and plan every run (at DAG-build time, once per invocation)."""
     experiment = read_summary(summary)
-    return plan_experiment(experiment, config, load_registry(experiment.directory))
+    records = read_registry(experiment.directory)
+    plan = plan_experiment(experiment, config, {record["key"]: run_dir for run_dir, record in records.items()})
+    plan.rendered = {run_dir: record.get("digests", {}) for run_dir, record in records.items()}
+    return plan
+
+
+def training_settings(run: RunPlan) -> dict:
+    """What decides a training result: a change here retrains the run, nothing else does."""
+    return {key: run.setup[key] for key in ("model", "model_path", "dataset", "system_prompt", "training", "torchtune")}
+
+
+def evaluation_settings(run: RunPlan, task: str) -> dict:
+    """What decides an evaluation's result besides the checkpoint it evaluates."""
+    setup = run.setup
+    evaluation = {key: value for key, value in setup["evaluation"].items() if key != "tasks"}
+    script = setup["evaluation"]["tasks"][task]["script"]
+    return {
+        "task": task,
+        "script": script,
+        "model_path": setup["model_path"],
+        "system_prompt": setup["system_prompt"],
+        "dataset": setup["dataset"],
+        **evaluation,
+    }
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def settings_digests(run: RunPlan) -> dict:
+    """Digests of what each of the run's jobs depends on, recorded when its files are rendered."""
+    digests = {"evaluation": {task: _digest(evaluation_settings(run, task)) for task in run.setup["evaluation"]["tasks"]}}
+    if run.fine_tuned:
+        digests["training"] = _digest(training_settings(run))
+    return digests
+
+
+def training_changed(plan: ExperimentPlan, run: RunPlan) -> bool:
+    """Whether the run's training settings differ from those its files were rendered from."""
+    return plan.rendered.get(run.run_dir, {}).get("training") != _digest(training_settings(run))
+
+
+def evaluation_changed(plan: ExperimentPlan, run: RunPlan, task: str) -> bool:
+    rendered = plan.rendered.get(run.run_dir, {}).get("evaluation", {})
+    return rendered.get(task) != _digest(evaluation_settings(run, task))
 
 
 def scaffold_payload(run: RunPlan) -> str:
     """What the per-run scaffold job needs, as one JSON argument (also its change detector)."""
-    return json.dumps({"key": run.key, "setup": run.setup})
+    return json.dumps({"key": run.key, "setup": run.setup, "digests": settings_digests(run)})
 
 
 def missing_paths(plan: ExperimentPlan) -> list[str]:

@@ -10,7 +10,13 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 
 from snaketune.parse import SummaryError
 from snaketune.render import tune_command
-from snaketune.workflow import load_plan, missing_paths, scaffold_payload
+from snaketune.workflow import (
+    evaluation_changed,
+    load_plan,
+    missing_paths,
+    scaffold_payload,
+    training_changed,
+)
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -68,45 +74,31 @@ def get_scaffold_payload(wildcards):
     return scaffold_payload(run_plan(wildcards))
 
 
-def get_training(wildcards):
-    """What decides a training result: a change here retrains the run, nothing else does."""
-    setup = run_plan(wildcards).setup
-    return {
-        key: setup[key]
-        for key in (
-            "model",
-            "model_path",
-            "dataset",
-            "system_prompt",
-            "training",
-            "torchtune",
-        )
-    }
-
-
 def get_tune_command(wildcards):
     return shlex.join(
         tune_command(run_plan(wildcards).setup, Path(wildcards.run) / "finetune.yaml")
     )
 
 
-def get_evaluation(wildcards):
-    setup = run_plan(wildcards).setup
-    evaluation = dict(setup["evaluation"])
-    task = evaluation.pop("tasks")[wildcards.task]
-    return {
-        "task": wildcards.task,
-        "script": task["script"],
-        "model_path": setup["model_path"],
-        "system_prompt": setup["system_prompt"],
-        "dataset": setup["dataset"],
-        **evaluation,
-    }
+# Why not params: Snakemake 9 skips every check of a job downstream of a job that reruns
+# (the per-run scaffold job reruns on any change of the run's setup), and then ignores an
+# ancient() edge. So the edge from the rendered files is ancient() exactly when the settings
+# the job depends on are unchanged, and a plain edge (rerun) when they changed.
+def get_finetune_input(wildcards):
+    run = run_plan(wildcards)
+    config = f"{wildcards.run}/finetune.yaml"
+    return {"config": config if training_changed(PLAN, run) else ancient(config)}
 
 
 def get_evaluate_input(wildcards):
-    inputs = {"setup": ancient(f"{wildcards.run}/setup_finetune.yaml")}
-    if run_plan(wildcards).fine_tuned:
+    run = run_plan(wildcards)
+    setup = f"{wildcards.run}/setup_finetune.yaml"
+    inputs = {
+        "setup": (
+            setup if evaluation_changed(PLAN, run, wildcards.task) else ancient(setup)
+        )
+    }
+    if run.fine_tuned:
         inputs["manifest"] = f"{wildcards.run}/finetune_manifest.json"
     return inputs
 

@@ -10,8 +10,6 @@ rule evaluate:
     threads: get_threads("evaluate")
     resources:
         **get_resources("evaluate"),
-    params:
-        evaluation=get_evaluation,
     shell:
         "OMP_NUM_THREADS={threads} python -m snaketune evaluate --setup {input.setup:q}"
         " --task {wildcards.task:q} --checkpoint {wildcards.checkpoint:q} --out {output:q} > {log:q} 2>&1"

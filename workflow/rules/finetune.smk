@@ -1,8 +1,6 @@
 rule finetune:
     input:
-        # ancient: re-rendering an unchanged finetune.yaml must not retrain; a change in
-        # what training depends on reaches this rule through params.training.
-        config=ancient("{run}/finetune.yaml"),
+        unpack(get_finetune_input),
     output:
         "{run}/finetune_manifest.json",
     log:
@@ -13,7 +11,6 @@ rule finetune:
     resources:
         **get_resources("finetune"),
     params:
-        training=get_training,
         command=get_tune_command,
     shell:
         "OMP_NUM_THREADS={threads} python -m snaketune finetune --run-dir {wildcards.run:q}"
