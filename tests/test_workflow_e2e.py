@@ -126,6 +126,22 @@ def test_changed_training_settings_retrain(finished):
     assert jobs == {"scaffold_finetune": 1, "finetune": 1}
 
 
+def test_reevaluation_keeps_the_superseded_result(finished):
+    summary, _ = finished
+    experiment = summary.parent
+    original = summary.read_text()
+    before = (experiment / "lr1e-3" / "eval" / "logs" / "wordcase_epoch_1.eval").read_bytes()
+    try:
+        summary.write_text(original.replace("**Max tokens:** 16", "**Max tokens:** 14"))
+        snakemake(summary, "--cores", "2", "lr1e-3/eval/logs/wordcase_epoch_1.eval")
+    finally:
+        summary.write_text(original)
+    kept = list((experiment / "lr1e-3" / "eval" / "logs").glob("superseded-*/wordcase_epoch_1.eval"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before
+    assert (experiment / "lr1e-3" / "eval" / "logs" / "wordcase_epoch_1.eval").is_file()
+    assert (experiment / "lr1e-3" / "finetune_manifest.json").stat().st_mtime <= kept[0].stat().st_mtime  # not retrained
+
+
 def test_setup_records_the_run(finished):
     summary, _ = finished
     setup = yaml.safe_load((summary.parent / "lr1e-3" / "setup_finetune.yaml").read_text())

@@ -50,12 +50,16 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_scaffold(args: argparse.Namespace) -> int:
     import json
 
-    from snaketune.naming import record_run
-    from snaketune.scaffold import write_run_files
+    from snaketune.naming import read_registry, record_run
+    from snaketune.scaffold import keep_outdated_results, write_run_files
 
     payload = json.loads(args.payload)
     setup = payload["setup"]
     experiment_dir = Path(args.experiment_dir).absolute()
+    previous = read_registry(experiment_dir).get(setup["run_dir"], {}).get("digests")
+    if previous:
+        for path in keep_outdated_results(experiment_dir / setup["run_dir"], previous, payload["digests"]):
+            print(f"kept {path} (made with the previous settings; the evaluation will be redone)")
     for path in write_run_files(setup, experiment_dir / setup["run_dir"]):
         print(f"wrote {path}")
     # recorded last: the digests say which settings the files on disk were rendered from

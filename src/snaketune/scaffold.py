@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 from snaketune import render
@@ -71,3 +73,30 @@ def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
             render.write_atomic(path, script, mode=0o755)
             written.append(path)
     return written
+
+
+def keep_outdated_results(run_dir: Path, previous: dict, current: dict) -> list[Path]:
+    """Move evaluation logs made with settings that changed into ``eval/logs/superseded-<time>/``.
+
+    Snakemake deletes a job's output before rerunning it; this runs first (the evaluate jobs
+    depend on the run's rendered files), so a finished result is kept, never overwritten.
+    """
+    logs = run_dir / "eval" / "logs"
+    retrained = previous.get("training") != current.get("training")
+    tasks = {
+        task for task, digest in previous.get("evaluation", {}).items() if retrained or current.get("evaluation", {}).get(task) != digest
+    }
+    outdated = [
+        log
+        for log in sorted(logs.glob("*.eval"))
+        if any(re.fullmatch(rf"{re.escape(task)}_(base|epoch_\d+)\.eval", log.name) for task in tasks)
+    ]
+    if not outdated:
+        return []
+    keep = logs / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    keep.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for log in outdated:
+        log.rename(keep / log.name)
+        kept.append(keep / log.name)
+    return kept
