@@ -173,3 +173,19 @@ def test_settings_torchtune_cannot_honour_are_warned_about(config):
     assert [w for w in experiment_plan.warnings if "validation during training" in w] == [
         f"{DATA / 'old_generation.md'}, line 49: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
     ]
+
+
+def test_outdated_evaluation_logs_are_kept_not_deleted(tmp_path):
+    from snaketune.scaffold import keep_outdated_results
+
+    logs = tmp_path / "eval" / "logs"
+    logs.mkdir(parents=True)
+    for name in ("word_epoch_0.eval", "word_base.eval", "word_case_epoch_0.eval", "other_epoch_1.eval"):
+        (logs / name).write_text(name)
+    previous = {"training": "t1", "evaluation": {"word": "e1", "word_case": "e1", "other": "e1"}}
+    kept = keep_outdated_results(tmp_path, previous, {"training": "t1", "evaluation": {"word": "e2", "word_case": "e1", "other": "e1"}})
+    assert sorted(p.name for p in kept) == ["word_base.eval", "word_epoch_0.eval"]
+    assert all(p.read_text() == p.name for p in kept)
+    assert sorted(p.name for p in logs.glob("*.eval")) == ["other_epoch_1.eval", "word_case_epoch_0.eval"]
+    retrained = keep_outdated_results(tmp_path, previous, {"training": "t2", "evaluation": previous["evaluation"]})
+    assert sorted(p.name for p in retrained) == ["other_epoch_1.eval", "word_case_epoch_0.eval"]

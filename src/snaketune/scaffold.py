@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,8 +94,7 @@ def keep_outdated_results(run_dir: Path, previous: dict, current: dict) -> list[
     ]
     if not outdated:
         return []
-    keep = logs / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
-    keep.mkdir(parents=True, exist_ok=True)
+    keep = Path(tempfile.mkdtemp(prefix=f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-", dir=logs))
     kept = []
     for log in outdated:
         log.rename(keep / log.name)
