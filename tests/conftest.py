@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,3 @@ def summary_file(tmp_path):
         return path
 
     return write
-
-
-def copy_example(name: str, destination: Path) -> Path:
-    shutil.copy(DATA / name, destination / "experiment_summary.md")
-    return destination / "experiment_summary.md"

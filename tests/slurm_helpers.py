@@ -40,6 +40,7 @@ def sandbox_session() -> Iterator[SlurmState]:
     SNAKETUNE_SLURM=0. Jobs the tests submitted are cancelled at the end; the sandbox is stopped
     only if this session started it (one that was already up stays up).
     """
+    # An explicit opt-out for machines where starting Slurm daemons is unwanted; CI never sets it.
     if os.environ.get("SNAKETUNE_SLURM") == "0":
         pytest.skip("SNAKETUNE_SLURM=0")
     # A developer's laptop may lack root or apt; CI never does, so there a missing sandbox fails.

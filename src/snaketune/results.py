@@ -5,7 +5,6 @@ Scores are read with inspect-ai's own log API (``read_eval_log``), never by unpa
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from pathlib import Path
 
@@ -13,11 +12,9 @@ import pandas as pd
 import yaml
 
 from snaketune.render import write_atomic
+from snaketune.scaffold import EVAL_LOG
 
 FIRST_COLUMNS = ["run", "run_name", "type", "task", "epoch", "checkpoint"]
-
-
-LOG_NAME = re.compile(r"^(?P<task>.+)_(?P<checkpoint>base|epoch_\d+)\.eval$")
 
 
 @cache
@@ -33,7 +30,7 @@ def evaluation_row(log_path: Path) -> dict:
     """
     from inspect_ai.log import read_eval_log
 
-    name = LOG_NAME.match(log_path.name)
+    name = EVAL_LOG.match(log_path.name)
     if name is None:
         raise ValueError(f"{log_path} is not named <task>_<checkpoint>.eval")
     setup = _setup(log_path.parent.parent.parent)

@@ -16,6 +16,10 @@ def eval_script_name(task: str, checkpoint: str) -> str:
     return f"{task}_{checkpoint}.slurm"
 
 
+# <task>_<checkpoint>.eval, checkpoint being epoch_N or base (a control's base model)
+EVAL_LOG = re.compile(r"^(?P<task>.+)_(?P<checkpoint>base|epoch_\d+)\.eval$")
+
+
 def eval_log_name(task: str, checkpoint: str) -> str:
     return f"{task}_{checkpoint}.eval"
 
@@ -87,11 +91,7 @@ def keep_outdated_results(run_dir: Path, previous: dict, current: dict) -> list[
     tasks = {
         task for task, digest in previous.get("evaluation", {}).items() if retrained or current.get("evaluation", {}).get(task) != digest
     }
-    outdated = [
-        log
-        for log in sorted(logs.glob("*.eval"))
-        if any(re.fullmatch(rf"{re.escape(task)}_(base|epoch_\d+)\.eval", log.name) for task in tasks)
-    ]
+    outdated = [log for log in sorted(logs.glob("*.eval")) if (name := EVAL_LOG.match(log.name)) and name.group("task") in tasks]
     if not outdated:
         return []
     keep = Path(tempfile.mkdtemp(prefix=f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-", dir=logs))
