@@ -1,6 +1,10 @@
 # snaketune: experiment_summary.md -> scaffold -> torchtune LoRA -> inspect-ai -> results.
 # Choose the experiment with `--config experiment=path/to/experiment_summary.md`.
+from collections import Counter
+
 from snakemake.utils import min_version
+
+from snaketune import journal
 
 min_version("9.0")
 
@@ -20,3 +24,24 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# Bookkeeping for people: <experiment>/run-experiment.log, and the summary's ## Status tables
+# when it has that section. Only the snakemake the user started writes them (never a dry run).
+onstart:
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        journal.workflow_started(
+            PLAN,
+            Counter(job.rule.name for job in workflow.dag.needrun_jobs()),
+            workflow.executor_plugin.name,
+        )
+
+
+onsuccess:
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        journal.workflow_ended(PLAN, success=True)
+
+
+onerror:
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        journal.workflow_ended(PLAN, success=False)

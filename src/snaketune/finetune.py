@@ -8,7 +8,12 @@ Snakemake only sees the small manifest this job writes at the end; the checkpoin
 - resumes from ``recipe_state/recipe_state.pt`` when a previous attempt left one;
 - computes ``max_steps_per_epoch`` from the data (torchtune restores its step counter and
   LR schedule on resume only when it is set);
+- relaunches a training that ran out of memory with half the batch size and twice the
+  gradient accumulation (the same effective batch), at most ``MAX_OOM_RETRIES`` times;
 - writes ``finetune_manifest.json`` listing the epoch checkpoints once all are complete.
+
+Every attempt starts with an ``ATTEMPT_HEADER`` line in the run's log: ``snaketune status``
+reads the last attempt from there.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +36,14 @@ from snaketune.render import write_atomic
 MANIFEST = "finetune_manifest.json"
 FINGERPRINT = "snaketune_fingerprint.json"
 RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch")
+ATTEMPT_HEADER = "snaketune: finetune attempt started"
+MAX_OOM_RETRIES = 3
+# What CUDA, the CPU allocator, Python and the kernel's OOM killer say when memory runs out.
+OUT_OF_MEMORY_FAILURE = "out of memory"
+DIVERGED = "the loss is NaN/Inf (the training diverged)"
+# torchtune's progress bar: "1|12|Loss: nan"
+NON_FINITE_LOSS = re.compile(rb"Loss: (?:nan|-?inf)\b", re.IGNORECASE)
+OUT_OF_MEMORY = re.compile(rb"out of memory|OutOfMemoryError|can't allocate memory|\bMemoryError\b|oom[-_]kill", re.IGNORECASE)
 
 
 class FinetuneError(RuntimeError):
@@ -167,7 +182,52 @@ def _quarantine(path: Path) -> None:
     print(f"snaketune: {path.name} is incomplete (killed while saving?); moved to {target.name}", flush=True)
 
 
-def write_manifest(run_dir: Path, output_dir: Path, epochs: int) -> dict:
+def _cgroup_oom_kills() -> int | None:
+    """How often the kernel's OOM killer struck in this process's cgroup (a SLURM job's
+    memory limit kills the training with SIGKILL and leaves no message of its own)."""
+    try:
+        relative = Path("/proc/self/cgroup").read_text().splitlines()[0].split(":", 2)[2]
+        events = Path("/sys/fs/cgroup", relative.lstrip("/"), "memory.events").read_text()
+    except (OSError, IndexError):
+        return None
+    counts = dict(line.split() for line in events.splitlines() if line.strip())
+    return int(counts.get("oom_kill", 0))
+
+
+def run_training(command: list[str], env: dict) -> tuple[int, str]:
+    """Run ``tune run``, passing its output through. Returns its exit code and what went
+    wrong: "" , ``OUT_OF_MEMORY_FAILURE`` or ``DIVERGED`` (stopped at the first NaN/Inf loss:
+    torchtune would train on, and save, garbage)."""
+    kills_before = _cgroup_oom_kills()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail = b""
+    diverged = False
+    while chunk := os.read(process.stdout.fileno(), 65536):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        tail = (tail + chunk)[-65536:]
+        if not diverged and NON_FINITE_LOSS.search(tail):
+            diverged = True
+            print(f"\nsnaketune: {DIVERGED}: stopping the training", flush=True)
+            process.terminate()
+    code = process.wait()
+    if diverged:
+        return code or 1, DIVERGED
+    if code == 0:
+        return 0, ""
+    kills_after = _cgroup_oom_kills()
+    killed = kills_before is not None and kills_after is not None and kills_after > kills_before
+    return code, OUT_OF_MEMORY_FAILURE if killed or OUT_OF_MEMORY.search(tail) else ""
+
+
+def smaller_batch(batch_size: int, accumulation: int) -> tuple[int, int] | None:
+    """Half the batch, twice the accumulation: the same effective batch in less memory."""
+    if batch_size < 2 or batch_size % 2:
+        return None
+    return batch_size // 2, accumulation * 2
+
+
+def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict | None = None) -> dict:
     done = complete_epochs(output_dir)
     missing = [epoch for epoch in range(epochs) if epoch not in done]
     if missing:
@@ -176,13 +236,58 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int) -> dict:
         "output_dir": str(output_dir),
         "epochs": {f"epoch_{e}": str(output_dir / f"epoch_{e}") for e in range(epochs)},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(training or {}),
     }
     write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
+def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dict]:
+    """Train (or resume) until all epochs are saved, recovering from out-of-memory failures.
+
+    Returns the exit code and what the training used (batch size, accumulation, OOM retries).
+    """
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
+    epochs = int(config["epochs"])
+    batch_size, accumulation = int(config["batch_size"]), int(config["gradient_accumulation_steps"])
+    used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": 0}
+    retry = 0
+    while True:
+        resume = resume_overrides(output_dir, epochs)
+        if not resume and any(output_dir.glob("epoch_*")):
+            _move_aside(output_dir, "the saved epochs cannot be resumed from (no readable recipe state)")
+            prepare(output_dir, config)
+        batch = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation}
+        overrides = [f"max_steps_per_epoch={steps_per_epoch({**config, **batch}, _processes(command))}", *resume]
+        if retry:
+            overrides += [f"{key}={value}" for key, value in batch.items()]
+        full = command + overrides
+        print("snaketune: " + " ".join(full), flush=True)
+        code, problem = run_training(full, env)
+        if code == 0:
+            return 0, used
+        out_of_memory = problem == OUT_OF_MEMORY_FAILURE
+        print(f"snaketune: tune run exited with {code}" + (f" ({problem})" if problem else ""), file=sys.stderr, flush=True)
+        smaller = smaller_batch(batch_size, accumulation) if out_of_memory else None
+        if smaller is None or retry == MAX_OOM_RETRIES:
+            if out_of_memory:
+                print(f"snaketune: giving up after {retry} out-of-memory retries (batch size {batch_size})", file=sys.stderr, flush=True)
+            return code, used
+        print(
+            f"snaketune: out of memory with batch size {batch_size}: retry {retry + 1} of {MAX_OOM_RETRIES} with batch size "
+            f"{smaller[0]} and gradient accumulation {smaller[1]} (effective batch {batch_size * accumulation} unchanged)",
+            flush=True,
+        )
+        batch_size, accumulation = smaller
+        retry += 1
+        used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": retry}
+
+
 def run(run_dir: Path, command: list[str]) -> int:
     run_dir = run_dir.absolute()
+    job = os.environ.get("SLURM_JOB_ID")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{ATTEMPT_HEADER} {started} on {socket.gethostname()}" + (f" (SLURM job {job})" if job else ""), flush=True)
     config_path = Path(command[command.index("--config") + 1])
     config = yaml.safe_load(config_path.read_text())
     output_dir = Path(config["output_dir"])
@@ -199,20 +304,13 @@ def run(run_dir: Path, command: list[str]) -> int:
             print(f"snaketune: another training of this run holds {lock_path}; waiting for it to end", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         prepare(output_dir, config)
+        used = {}
         if complete_epochs(output_dir) == list(range(epochs)):
             print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)
         else:
-            resume = resume_overrides(output_dir, epochs)
-            if not resume and any(output_dir.glob("epoch_*")):
-                _move_aside(output_dir, "the saved epochs cannot be resumed from (no readable recipe state)")
-                prepare(output_dir, config)
-            overrides = [f"max_steps_per_epoch={steps_per_epoch(config, _processes(command))}", *resume]
-            env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
-            full = command + overrides
-            print("snaketune: " + " ".join(full), flush=True)
-            code = subprocess.call(full, env=env)
+            code, used = _train(output_dir, config, command)
             if code != 0:
-                print(f"snaketune: tune run exited with {code}", file=sys.stderr, flush=True)
                 return code
-        write_manifest(run_dir, output_dir, epochs)
+        write_manifest(run_dir, output_dir, epochs, {"started": started, **used})
+    print("snaketune: finetune finished", flush=True)
     return 0
