@@ -7,7 +7,7 @@ STAMP := $(VENV)/.snaketune-installed
 DEMO := examples/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test lint format clean-demo
+.PHONY: venv demo test lint format clean-demo bench
 
 venv: $(STAMP)
 
@@ -37,6 +37,13 @@ format: venv
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/snakefmt Snakefile workflow
+
+# `make bench`: planning, per-job and Slurm figures against their anchors (BENCHMARKS.md). Takes
+# ~15 min; the Slurm part needs root (it starts scripts/slurm-sandbox if down, stops it after).
+bench: venv
+	$(PY) benchmarks/bench_plan.py
+	$(PY) benchmarks/bench_jobs.py
+	$(PY) benchmarks/bench_slurm.py
 
 clean-demo:
 	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake

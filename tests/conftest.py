@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,11 @@ def summary_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm_sandbox() -> Iterator:
+    """The local Slurm cluster (scripts/slurm-sandbox), started once per session and stopped at its end."""
+    from slurm_helpers import sandbox_session
+
+    yield from sandbox_session()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +89,16 @@ def planned_jobs(output: str) -> dict[str, int]:
         counts[match.group(1)] = int(match.group(2))
     counts.pop("total", None)
     return counts
+
+
+def digest(directory: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and mtime of every file in a directory: equal means not rewritten."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the workflow ended before the condition was met"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -13,6 +13,7 @@ from conftest import DATA
 
 from snaketune.parse import read_summary
 from snaketune.plan import plan_experiment
+from snaketune.render import RESUMABLE_RECIPE
 from snaketune.scaffold import write_run_files
 
 
@@ -115,7 +116,7 @@ def test_slurm_script_requests_the_configured_resources(tmp_path, config):
         f"#SBATCH --output={run_dir}/logs/finetune-%j.out",
         "module load cuda/12.4",
         "conda activate ttenv",
-        f"tune run lora_finetune_single_device --config {run_dir}/finetune.yaml",
+        f"tune run {RESUMABLE_RECIPE} --config {run_dir}/finetune.yaml",
     ]:
         assert line in script
     assert os.access(run_dir / "finetune.slurm", os.X_OK)
@@ -175,17 +176,15 @@ def test_settings_torchtune_cannot_honour_are_warned_about(config):
     ]
 
 
-def test_outdated_evaluation_logs_are_kept_not_deleted(tmp_path):
-    from snaketune.scaffold import keep_outdated_results
+def test_a_replaced_evaluation_log_is_kept_not_deleted(tmp_path):
+    from snaketune.scaffold import keep_aside
 
     logs = tmp_path / "eval" / "logs"
     logs.mkdir(parents=True)
-    for name in ("word_epoch_0.eval", "word_base.eval", "word_case_epoch_0.eval", "other_epoch_1.eval"):
-        (logs / name).write_text(name)
-    previous = {"training": "t1", "evaluation": {"word": "e1", "word_case": "e1", "other": "e1"}}
-    kept = keep_outdated_results(tmp_path, previous, {"training": "t1", "evaluation": {"word": "e2", "word_case": "e1", "other": "e1"}})
-    assert sorted(p.name for p in kept) == ["word_base.eval", "word_epoch_0.eval"]
-    assert all(p.read_text() == p.name for p in kept)
-    assert sorted(p.name for p in logs.glob("*.eval")) == ["other_epoch_1.eval", "word_case_epoch_0.eval"]
-    retrained = keep_outdated_results(tmp_path, previous, {"training": "t2", "evaluation": previous["evaluation"]})
-    assert sorted(p.name for p in retrained) == ["other_epoch_1.eval", "word_case_epoch_0.eval"]
+    (logs / "word_epoch_0.eval").write_bytes(b"first")
+    first = keep_aside(logs / "word_epoch_0.eval")
+    (logs / "word_epoch_0.eval").write_bytes(b"second")
+    second = keep_aside(logs / "word_epoch_0.eval")
+    assert first.read_bytes() == b"first" and second.read_bytes() == b"second"  # a folder per call: nothing overwritten
+    assert first.parent != second.parent and first.parent.name.startswith("superseded-")
+    assert not (logs / "word_epoch_0.eval").exists()

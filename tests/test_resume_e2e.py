@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import signal
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from e2e_helpers import REPO, SNAKEMAKE, row, snakemake, write_summary
+from e2e_helpers import REPO, SNAKEMAKE, digest, row, snakemake, wait_for, write_summary
 
 from snaketune.finetune import epoch_complete
 
 pytestmark = pytest.mark.e2e
-
-
-def digest(directory: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def start(summary: Path, *args: str) -> subprocess.Popen:
@@ -41,12 +37,10 @@ def last_step(checkpoints: Path) -> int:
     return max(steps)
 
 
-def wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, "the workflow ended before the condition was met"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def first_logged(metric_log: Path) -> tuple[int, float]:
+    """Step and learning rate of the first line of a torchtune DiskLogger log."""
+    step, values = metric_log.read_text().splitlines()[0].removeprefix("Step ").split(" | ")
+    return int(step), float(next(v for v in values.split() if v.startswith("lr:")).removeprefix("lr:"))
 
 
 @pytest.fixture
@@ -64,6 +58,15 @@ def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
     process.wait()
     assert not (checkpoints / "epoch_2").exists()
     before = digest(checkpoints / "epoch_0")
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
+        ).stdout
+    )
+    (run,) = status["runs"]
+    assert run["state"] == "failed" and run["cause"].startswith("interrupted"), run
+    assert run["resumable"].startswith("yes: from epoch_"), run
+    assert run["action"] == f"snakemake --config experiment={summary}"
 
     snakemake(summary, "--unlock")  # the killed driver's lock (the README's recovery step)
     snakemake(summary, "--cores", "2")
@@ -73,6 +76,10 @@ def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
     log = (summary.parent / "only" / "logs" / "finetune.log").read_text()
     assert "resuming from epoch_0" in log or "resuming from epoch_1" in log
     assert "resume_from_checkpoint=True" in log
+    # the resumed process continues torchtune's step count, and with it the LR schedule
+    starts = sorted((first_logged(path) for path in (checkpoints / "logs").glob("log_*.txt")), key=lambda point: point[0])
+    assert [step for step, _ in starts] in ([1, 51], [1, 101]), starts
+    assert starts[1][1] < starts[0][1]  # the cosine schedule's LR there, not its initial LR again
     results = pd.read_csv(summary.parent / "results" / "results.csv")
     assert sorted(results["epoch"]) == [0, 1, 2]  # all three epochs evaluated
 

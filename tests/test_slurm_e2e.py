@@ -14,14 +14,13 @@ Run with -s to see the measured overheads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from e2e_helpers import REPO, row, snakemake, write_summary
-from slurm_helpers import PROFILE_ARGS, SlurmRun, SlurmState, add_columns, command_window, run_on_sandbox, sandbox_session
+from slurm_helpers import PROFILE_ARGS, SlurmRun, add_columns, command_window, run_on_sandbox
 
 # An epoch of the tiny model is ~1.5 s of a ~20 s job (imports and loading dominate). The slow
 # run must outlast the fast run's training plus the polling delay before the fast run's
@@ -39,12 +38,6 @@ def run_dirs(experiment: Path) -> dict[str, str]:
     for setup in experiment.glob("*/setup_finetune.yaml"):
         names[yaml.safe_load(setup.read_text())["run_name"]] = setup.parent.name
     return names
-
-
-@pytest.fixture(scope="session")
-def slurm_sandbox() -> Iterator[SlurmState]:
-    """The local Slurm cluster, started once per session and stopped at its end."""
-    yield from sandbox_session()
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,23 @@ def test_reevaluation_keeps_the_superseded_result(finished):
     assert (experiment / "lr1e-3" / "finetune_manifest.json").stat().st_mtime <= kept[0].stat().st_mtime  # not retrained
 
 
+def test_forced_rerun_says_what_it_redoes_and_keeps_it(finished):
+    summary, _ = finished
+    logs = summary.parent / "lr1e-5" / "eval" / "logs"
+    before = (logs / "wordcase_epoch_1.eval").read_bytes()
+    plan = snakemake(summary, "-n", "-R", "finetune")
+    notes = [line for line in (plan.stdout + plan.stderr).splitlines() if line.startswith("snaketune:")]
+    assert any("redoes 3 finished evaluation(s)" in line and "lr1e-5/eval/logs/wordcase_epoch_1.eval" in line for line in notes), notes
+    assert any("2 finished training(s) are not repeated" in line for line in notes), notes
+    assert not list(logs.glob("superseded-*"))  # the dry run moved nothing
+
+    result = snakemake(summary, "--cores", "2", "--forcerun", "lr1e-5/eval/logs/wordcase_epoch_1.eval")
+    assert "redoes 1 finished evaluation(s)" in result.stdout + result.stderr
+    (kept,) = logs.glob("superseded-*/wordcase_epoch_1.eval")
+    assert kept.read_bytes() == before  # the finished result survives the forced rerun
+    assert (logs / "wordcase_epoch_1.eval").is_file()
+
+
 def test_setup_records_the_run(finished):
     summary, _ = finished
     setup = yaml.safe_load((summary.parent / "lr1e-3" / "setup_finetune.yaml").read_text())
@@ -149,3 +166,16 @@ def test_setup_records_the_run(finished):
     assert setup["training"]["learning_rate"] == 1e-3
     registry = sorted(p.name for p in (summary.parent / ".snaketune" / "runs").glob("*.json"))
     assert registry == ["lr1e-3.json", "lr1e-5.json", "tiny-llama_base.json"]
+
+
+def test_snakemake_report_renders_the_results_and_plots(finished, tmp_path):
+    summary, _ = finished
+    results = summary.parent / "results"
+    for name in ("results.csv", "summary.md", "plots/wordcase_accuracy_by_learning_rate.png", "plots/training_loss.png"):
+        assert (results / name).is_file(), name
+    assert "| wordcase | lr1e-3 | fast | 1 |" in (results / "summary.md").read_text()  # the best run
+    report = tmp_path / "report.html"
+    snakemake(summary, "--report", str(report))
+    html = report.read_text()
+    for name in ("results.csv", "summary.md", "wordcase_accuracy_by_learning_rate.png", "training_loss.png"):
+        assert name in html, name

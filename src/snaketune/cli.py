@@ -41,25 +41,22 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     csv = _experiment_dir(args.experiment) / "results" / "results.csv"
     if not csv.is_file():
-        print(f"snaketune results: {csv} does not exist yet (run snakemake first)", file=sys.stderr)
+        print(f"snaketune results: {csv} does not exist yet (run snakemake, or `snaketune report` for a partial report)", file=sys.stderr)
         return 1
     print(format_table(pd.read_csv(csv)))
+    print(f"\nsummary, plots: {csv.parent / 'summary.md'}, {csv.parent / 'plots'}/")
     return 0
 
 
 def cmd_scaffold(args: argparse.Namespace) -> int:
     import json
 
-    from snaketune.naming import read_registry, record_run
-    from snaketune.scaffold import keep_outdated_results, write_run_files
+    from snaketune.naming import record_run
+    from snaketune.scaffold import write_run_files
 
     payload = json.loads(args.payload)
     setup = payload["setup"]
     experiment_dir = Path(args.experiment_dir).absolute()
-    previous = read_registry(experiment_dir).get(setup["run_dir"], {}).get("digests")
-    if previous:
-        for path in keep_outdated_results(experiment_dir / setup["run_dir"], previous, payload["digests"]):
-            print(f"kept {path} (made with the previous settings; the evaluation will be redone)")
     for path in write_run_files(setup, experiment_dir / setup["run_dir"]):
         print(f"wrote {path}")
     # recorded last: the digests say which settings the files on disk were rendered from
@@ -70,11 +67,91 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from snaketune.results import format_table, write_results
+    from snaketune.results import Plan, ReportFiles, format_table, plan_on_disk, write_report
 
-    table = write_results([Path(p) for p in args.logs], Path(args.out))
-    print(f"{len(table)} evaluation(s) -> {args.out}")
-    print(format_table(table))
+    experiment_dir = _experiment_dir(args.experiment)
+    if args.evaluations is None:
+        plan = plan_on_disk(experiment_dir)
+    else:
+        plan = Plan([Path(p) for p in args.evaluations], [Path(p) for p in args.trainings or []])
+    defaults = ReportFiles.under(experiment_dir / "results")
+    files = ReportFiles(
+        Path(args.table) if args.table else defaults.table,
+        Path(args.summary) if args.summary else defaults.summary,
+        Path(args.plots) if args.plots else defaults.plots,
+    )
+    results = write_report(plan, files)
+    print(f"{len(results.table)} of {len(plan.evaluations)} planned evaluation(s) -> {files.table}, {files.summary}, {files.plots}/")
+    print(format_table(results.table))
+    for path in plan.missing_evaluations:
+        print(f"missing: {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from snaketune import status
+    from snaketune.parse import SummaryError
+
+    try:
+        found = status.load(Path(args.experiment), [Path(p) for p in args.configfile])
+    except (SummaryError, FileNotFoundError) as error:
+        print(f"snaketune status: {error}", file=sys.stderr)
+        return 2
+    if args.write:
+        status.write_status_tables(Path(found.summary), found)
+        print(f"wrote the Status tables of {found.summary}", file=sys.stderr)
+    formats = {"table": status.format_text, "md": status.format_markdown, "json": status.format_json}
+    print(formats[args.format](found))
+    return 0
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    from snaketune import design
+    from snaketune.status import workflow_config
+
+    grid_file = Path(args.grid_file) if args.grid_file else None
+    try:
+        config = workflow_config([Path(p) for p in args.configfile])
+        if args.extend:
+            new_design_only = {
+                "--name": args.name,
+                "--dataset": args.dataset,
+                "--epochs": args.epochs,
+                "--task": args.task,
+                "--force": args.force,
+            }
+            given = [option for option, value in new_design_only.items() if value]
+            if given:
+                raise design.DesignError(f"--extend keeps the summary's own settings; {', '.join(given)} only apply to a new design")
+            outcome = design.extend_summary(
+                Path(args.extend),
+                grid=args.grid,
+                paired=args.paired,
+                grid_file=grid_file,
+                models=args.model,
+                controls=not args.no_controls,
+                out=Path(args.out) if args.out else None,
+                config=config,
+            )
+        else:
+            outcome = design.new_summary(
+                out=Path(args.out) if args.out else None,
+                name=args.name,
+                models=args.model,
+                dataset=args.dataset,
+                tasks=args.task,
+                epochs=args.epochs,
+                grid=args.grid,
+                paired=args.paired,
+                grid_file=grid_file,
+                controls=not args.no_controls,
+                force=args.force,
+                config=config,
+            )
+    except (design.DesignError, OSError) as error:
+        print(f"snaketune design: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(outcome.messages))
     return 0
 
 
@@ -106,14 +183,60 @@ def main(argv: list[str] | None = None) -> int:
     scaffold.add_argument("--payload", required=True, help="JSON: the run's key and setup")
     scaffold.set_defaults(func=cmd_scaffold)
 
-    report = commands.add_parser("report", help="aggregate evaluation logs into results.csv (the workflow's report job)")
-    report.add_argument("--out", required=True)
-    report.add_argument("logs", nargs="*")
+    report = commands.add_parser(
+        "report",
+        help="write results.csv, summary.md and plots (the workflow's report job; by hand: a report of what exists so far)",
+    )
+    report.add_argument("experiment", help="experiment directory or its experiment_summary.md")
+    report.add_argument(
+        "--evaluations", nargs="*", help="the planned .eval logs (default: those the run directories' setup_finetune.yaml plan)"
+    )
+    report.add_argument("--trainings", nargs="*", help="the fine-tuned runs' finetune_manifest.json (with --evaluations)")
+    report.add_argument("--table", help="default: <experiment>/results/results.csv")
+    report.add_argument("--summary", help="default: <experiment>/results/summary.md")
+    report.add_argument("--plots", help="folder of the PNG figures; default: <experiment>/results/plots")
     report.set_defaults(func=cmd_report)
 
     results = commands.add_parser("results", help="print an experiment's results table")
     results.add_argument("experiment", help="experiment directory or its experiment_summary.md")
     results.set_defaults(func=cmd_results)
+
+    status = commands.add_parser("status", help="where every run stands, why it failed, what to do (reads only)")
+    status.add_argument("experiment", nargs="?", default=".", help="experiment directory or its experiment_summary.md")
+    status.add_argument("--format", choices=["table", "md", "json"], default="table")
+    status.add_argument("--write", action="store_true", help="also rewrite the summary's ## Status tables")
+    status.add_argument("--configfile", action="append", default=[], help="the config file(s) the workflow ran with, if not the default")
+    status.set_defaults(func=cmd_status)
+
+    design = commands.add_parser(
+        "design",
+        help="write an experiment_summary.md from a grid of factors, or add a grid's new runs to one (--extend)",
+        description="Write a new experiment_summary.md from factors and levels (crossed; --paired factors are zipped "
+        "and crossed with the rest), or with --extend add only the combinations an existing summary lacks, keeping "
+        "every existing byte. Relative paths are read against the summary's folder.",
+    )
+    design.add_argument("--out", help="the summary to write (with --extend: default EXISTING.md itself, replaced atomically)")
+    design.add_argument("--extend", metavar="EXISTING.md", help="add the grid's new runs to this summary")
+    design.add_argument("--name", help="experiment name")
+    design.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a model (repeat for several: crossed)")
+    design.add_argument("--dataset", metavar="PATH", help="JSON file with train/validation/test, or a folder of parquet splits")
+    design.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME=SCRIPT",
+        help="an inspect-ai task (SCRIPT 'snaketune': the built-in exact match)",
+    )
+    design.add_argument("--epochs", type=int, help="training epochs (the last one is evaluated)")
+    design.add_argument("--grid", action="append", default=[], metavar="FACTOR=V1,V2", help="a crossed factor, e.g. 'LoRA Rank=4,8,16'")
+    design.add_argument(
+        "--paired", action="append", default=[], metavar="FACTOR=V1,V2", help="factors zipped together (same number of levels)"
+    )
+    design.add_argument("--grid-file", metavar="YAML", help="{grid: {LoRA Rank: [4, 8]}, paired: {...}}")
+    design.add_argument("--no-controls", action="store_true", help="no base-model control row per model")
+    design.add_argument("--force", action="store_true", help="replace an existing --out file (new design)")
+    design.add_argument("--configfile", action="append", default=[], help="config file(s) to plan with, if not the default")
+    design.set_defaults(func=cmd_design)
 
     demo = commands.add_parser("demo", help="build the demo's tiny model and data")
     demo.add_argument("--dest", default="examples/demo")

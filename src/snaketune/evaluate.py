@@ -2,7 +2,10 @@
 
 inspect names its logs by time; the job writes into a private folder and renames the one
 log to ``<run_dir>/eval/logs/<task>_<checkpoint>.eval`` only when the evaluation succeeded,
-so a failed or killed job never leaves a log that looks like a result.
+so a failed or killed job never leaves a log that looks like a result. A log already there
+(a forced rerun, or one made with settings that changed since) is moved into
+``eval/logs/superseded-<time>-…/`` then, never overwritten: the rule marks its output
+``update()`` so that Snakemake does not delete it first.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from snaketune.plan import BUILTIN_TASK
+from snaketune.scaffold import keep_aside
 
 BUILTIN_TASK_FILE = Path(__file__).parent / "tasks" / "exact_match.py"
 
@@ -44,8 +48,6 @@ def run(setup_path: Path, task: str, checkpoint: str, out: Path) -> None:
     missing = [str(path) for path in (model_dir, script) if not path.exists()]
     if missing:
         raise EvaluateError("missing on this machine: " + ", ".join(missing))
-    if out.exists():
-        raise EvaluateError(f"{out} exists already; move it away to evaluate again")
     evaluation = setup["evaluation"]
     import torch
     from inspect_ai import eval as inspect_eval
@@ -74,6 +76,8 @@ def run(setup_path: Path, task: str, checkpoint: str, out: Path) -> None:
         produced = list(scratch.glob("*.eval"))
         if len(produced) != 1:
             raise EvaluateError(f"expected one .eval log in {scratch}, found {len(produced)}")
+        if out.exists():
+            print(f"snaketune: kept the previous result as {keep_aside(out)}", flush=True)
         os.replace(produced[0], out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -12,12 +12,13 @@ Snakemake only sees the small manifest this job writes at the end; the checkpoin
   gradient accumulation (the same effective batch), at most ``MAX_OOM_RETRIES`` times;
 - writes ``finetune_manifest.json`` listing the epoch checkpoints once all are complete.
 
-Every attempt starts with an ``ATTEMPT_HEADER`` line in the run's log: ``snaketune status``
-reads the last attempt from there.
+Every attempt starts with an ``ATTEMPT_HEADER`` line in the run's log (the latest attempt:
+``snaketune status`` reads it) and in ``logs/finetune-attempts.log`` (all attempts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -35,8 +37,11 @@ from snaketune.render import write_atomic
 
 MANIFEST = "finetune_manifest.json"
 FINGERPRINT = "snaketune_fingerprint.json"
-RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch")
+# Keys that may differ between a run's attempts without making its checkpoints another
+# training's: the resume switches, and where metrics are logged (turning W&B on or off).
+RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch", "metric_logger")
 ATTEMPT_HEADER = "snaketune: finetune attempt started"
+ATTEMPTS_LOG = "finetune-attempts.log"
 MAX_OOM_RETRIES = 3
 # What CUDA, the CPU allocator, Python and the kernel's OOM killer say when memory runs out.
 OUT_OF_MEMORY_FAILURE = "out of memory"
@@ -283,8 +288,40 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
         used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": retry}
 
 
+@contextlib.contextmanager
+def output_copied_to(history: Path) -> Iterator[None]:
+    """Also append everything this job and its children print to ``history``.
+
+    Snakemake deletes a job's log before every run of the job (a SLURM requeue included), so
+    only this file keeps the attempts before the last one.
+    """
+    history.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    tee = subprocess.Popen(["tee", "-a", str(history)], stdin=subprocess.PIPE, stdout=saved[0])
+    os.dup2(tee.stdin.fileno(), 1)
+    os.dup2(tee.stdin.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        tee.stdin.close()
+        tee.wait()
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def run(run_dir: Path, command: list[str]) -> int:
     run_dir = run_dir.absolute()
+    with output_copied_to(run_dir / "logs" / ATTEMPTS_LOG):
+        return _run(run_dir, command)
+
+
+def _run(run_dir: Path, command: list[str]) -> int:
     job = os.environ.get("SLURM_JOB_ID")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"{ATTEMPT_HEADER} {started} on {socket.gethostname()}" + (f" (SLURM job {job})" if job else ""), flush=True)

@@ -38,6 +38,9 @@ class RunPlan:
     key: str
     setup: dict
     evaluations: list[Evaluation] = field(default_factory=list)
+    # Digests of the settings each of the run's jobs depends on (snaketune.workflow fills it on
+    # first use: every job of the run asks, planning computes them once).
+    digests: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def fine_tuned(self) -> bool:
@@ -152,13 +155,13 @@ class _Settings:
         return parse_bool(self.raw(key), self.where(key), key.replace("_", " "))
 
 
-def _dataset(experiment: Experiment, run: Run, base: Path) -> tuple[str, str]:
+def _dataset(experiment: Experiment, run: Run, base: Path, resolve=resolve_path) -> tuple[str, str]:
     raw = run.params.get("dataset") or experiment.dataset
     if not raw:
         raise SummaryError(
             experiment.path, run.line, f"run {run.name!r} has no dataset: give '### Dataset' -> '**Path:**' under '## Resources'"
         )
-    path = resolve_path(raw, base)
+    path = resolve(raw, base)
     if path.endswith(".json") or path.endswith(".jsonl"):
         return path, "json"
     if path.endswith(".parquet"):
@@ -229,12 +232,20 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
     tasks = {task.name: task for task in experiment.tasks}
     evaluation_defaults = config["evaluation"]
     plans = []
+    resolved: dict[tuple[str, Path], str] = {}
+
+    def resolve(value: str, folder: Path) -> str:
+        """resolve_path, once per path (a 1,000-run summary names a handful of paths)."""
+        if (value, folder) not in resolved:
+            resolved[value, folder] = resolve_path(value, folder)
+        return resolved[value, folder]
+
     for run in experiment.runs:
         run_dir = directories[run.name]
         settings = _Settings(experiment, run, config["training"])
         where = (experiment.path, run.line)
         spec = model_spec(run.model, config["models"], where)
-        dataset, dataset_format = _dataset(experiment, run, base)
+        dataset, dataset_format = _dataset(experiment, run, base, resolve)
         system_prompt = settings.raw("system_prompt")
         setup = {
             "experiment": experiment.name,
@@ -242,7 +253,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             "run_dir": run_dir,
             "type": run.type,
             "model": run.model,
-            "model_path": resolve_path(experiment.models[run.model], models_base),
+            "model_path": resolve(experiment.models[run.model], models_base),
             "dataset": dataset,
             "dataset_format": dataset_format,
             "system_prompt": "" if system_prompt is None else str(system_prompt),
@@ -272,7 +283,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             "scorer": str(settings.raw("scorer") or "match"),
             "tasks": {
                 name: {
-                    "script": BUILTIN_TASK if tasks[name].script == BUILTIN_TASK else resolve_path(tasks[name].script, base),
+                    "script": BUILTIN_TASK if tasks[name].script == BUILTIN_TASK else resolve(tasks[name].script, base),
                     "checkpoints": [e.checkpoint for e in evaluations if e.task == name],
                 }
                 for name in dict.fromkeys(e.task for e in evaluations)

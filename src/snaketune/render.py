@@ -13,11 +13,18 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 import yaml
 
+if TYPE_CHECKING:  # jinja2 is imported where a script is rendered, not at DAG-build time
+    import jinja2
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "workflow" / "templates"
+# torchtune's single-device LoRA recipe with its resume fixed. `tune run` turns a custom
+# recipe's path into the module it runs ("a/b.py" -> a.b), and a dotted name would lose its
+# last part to os.path.splitext: so the module is given as a path.
+RESUMABLE_RECIPE = "snaketune/resumable_recipe.py"
 # Tokenizer keys of a model mapping that name files inside the model directory.
 TOKENIZER_FILE_KEYS = ("path", "merges_file", "special_tokens_path")
 
@@ -139,17 +146,18 @@ def finetune_config(setup: dict) -> dict:
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
     if "wandb" in setup:
+        # offline: compute nodes often have no internet; `wandb sync` uploads the runs later.
+        # The disk log stays (the report's loss curves read it).
         wandb = setup["wandb"]
-        config["metric_logger"] = {
-            "_component_": "torchtune.training.metric_logging.WandBLogger",
-            "project": wandb["project"],
-            "group": wandb["group"],
-            "name": wandb["name"],
-            "mode": "offline",
-            "dir": f"{output_dir}/wandb",
-        }
+        # the keywords of torchtune's WandBLogger; it writes <dir>/wandb/offline-run-<time>-<id>
+        wandb_logger = {"project": wandb["project"], "group": wandb["group"], "name": wandb["name"], "mode": "offline", "dir": output_dir}
         if wandb.get("entity"):
-            config["metric_logger"]["entity"] = wandb["entity"]
+            wandb_logger["entity"] = wandb["entity"]
+        config["metric_logger"] = {
+            "_component_": "snaketune.metric_logging.DiskAndWandBLogger",
+            "log_dir": f"{output_dir}/logs",
+            "wandb": wandb_logger,
+        }
     return config
 
 
@@ -158,8 +166,8 @@ def tune_command(setup: dict, finetune_yaml: Path) -> list[str]:
     training = setup["training"]
     command = ["tune", "run"]
     if training["recipe"] == "lora_finetune_distributed":
-        command += ["--nproc_per_node", str(training["gpus"])]
-    return command + [training["recipe"], "--config", str(finetune_yaml)]
+        return command + ["--nproc_per_node", str(training["gpus"]), training["recipe"], "--config", str(finetune_yaml)]
+    return command + [RESUMABLE_RECIPE, "--config", str(finetune_yaml)]
 
 
 def environment_lines(environment: dict) -> list[str]:
@@ -197,6 +205,8 @@ def sbatch_options(resources: dict, job_name: str, output: str, comment: str) ->
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
     )

@@ -80,23 +80,8 @@ def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
     return written
 
 
-def keep_outdated_results(run_dir: Path, previous: dict, current: dict) -> list[Path]:
-    """Move evaluation logs made with settings that changed into ``eval/logs/superseded-<time>/``.
-
-    Snakemake deletes a job's output before rerunning it; this runs first (the evaluate jobs
-    depend on the run's rendered files), so a finished result is kept, never overwritten.
-    """
-    logs = run_dir / "eval" / "logs"
-    retrained = previous.get("training") != current.get("training")
-    tasks = {
-        task for task, digest in previous.get("evaluation", {}).items() if retrained or current.get("evaluation", {}).get(task) != digest
-    }
-    outdated = [log for log in sorted(logs.glob("*.eval")) if (name := EVAL_LOG.match(log.name)) and name.group("task") in tasks]
-    if not outdated:
-        return []
-    keep = Path(tempfile.mkdtemp(prefix=f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-", dir=logs))
-    kept = []
-    for log in outdated:
-        log.rename(keep / log.name)
-        kept.append(keep / log.name)
-    return kept
+def keep_aside(log: Path) -> Path:
+    """Move a finished evaluation log into a new ``eval/logs/superseded-<time>-…/`` folder."""
+    keep = Path(tempfile.mkdtemp(prefix=f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-", dir=log.parent))
+    log.rename(keep / log.name)
+    return keep / log.name

@@ -77,7 +77,6 @@ CAUSES = [
     ),
 ]
 EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b.*$", re.MULTILINE)
-METRIC_LINE = re.compile(r"^Step (\d+) \| (.*)$", re.MULTILINE)
 MAX_STEPS = re.compile(r"max_steps_per_epoch=(\d+)")
 
 
@@ -199,22 +198,6 @@ def _line_around(text: str, position: int) -> str:
     start = text.rfind("\n", 0, position) + 1
     end = text.find("\n", position)
     return text[start : end if end >= 0 else None].strip()[:300]
-
-
-def read_metrics(log_dir: Path) -> list[tuple[int, dict[str, float]]]:
-    """torchtune DiskLogger lines (``Step N | loss:0.5 lr:0.001 ...``), in step order."""
-    points: dict[int, dict[str, float]] = {}
-    for path in sorted(log_dir.glob("log_*.txt"), key=lambda p: p.stat().st_mtime):
-        for step, rest in METRIC_LINE.findall(_read(path)):
-            values = {}
-            for pair in rest.split():
-                name, _, value = pair.partition(":")
-                try:
-                    values[name] = float(value)
-                except ValueError:
-                    continue
-            points[int(step)] = values
-    return sorted(points.items())
 
 
 def loss_trend(losses: list[float]) -> str:
@@ -341,10 +324,14 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     status.completed = (manifest or {}).get("finished", "") or _slurm_time(job.get("end", ""))
     if job.get("elapsed"):
         status.elapsed = job["elapsed"]
-    elif status.started and (status.completed or status.state == "running"):
+    elif status.started and status.state != "pending":
+        # a failed attempt ended when its log was last written
         try:
             start = time.mktime(time.strptime(status.started, "%Y-%m-%d %H:%M:%S"))
-            end = time.mktime(time.strptime(status.completed, "%Y-%m-%d %H:%M:%S")) if status.completed else time.time()
+            if status.completed:
+                end = time.mktime(time.strptime(status.completed, "%Y-%m-%d %H:%M:%S"))
+            else:
+                end = time.time() if status.state == "running" else log_path.stat().st_mtime
             status.elapsed = _elapsed(end - start)
         except ValueError:
             pass
@@ -364,7 +351,9 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
         if status.state == "failed" and cause == "out of memory":
             status.state = "oom"
         status.resumable = (
-            "no: it diverged; a changed learning rate retrains it from scratch" if cause == "NaN loss" else _resumable(output_dir, status.epochs)
+            "no: it diverged; a changed learning rate retrains it from scratch"
+            if cause == "NaN loss"
+            else _resumable(output_dir, status.epochs)
         )
         command = rerun_command(plan.experiment.path, on_slurm)
         status.action = f"{fix}, then: {command}" if fix and fix != "nothing to change" else command
@@ -379,29 +368,32 @@ def _slurm_log(directory: Path, rule: str, wildcards: str, job_id: str) -> Path:
 
 def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool) -> None:
     """Epoch, step, loss and the red flags that the training's own logs reveal."""
-    metrics = read_metrics(output_dir / "logs")
+    from snaketune.results import read_training_log
+
+    metrics = read_training_log(output_dir / "logs")
+    # every line of the training recipe has a loss: a missing value is a NaN it logged
+    losses = metrics[["step", "loss"]] if "loss" in metrics else metrics.iloc[0:0]
     per_epoch = [int(n) for n in MAX_STEPS.findall(attempt)]
     epochs = status.epochs or 0
     if per_epoch:
         status.total_steps = per_epoch[-1] * epochs
     saved = complete_epochs(output_dir) if output_dir.is_dir() else []
     status.epoch = len(saved)
-    if metrics:
-        status.step = metrics[-1][0]
-        losses = [values["loss"] for _, values in metrics if "loss" in values]
-        if losses:
-            status.last_loss = losses[-1]
-            status.loss_trend = loss_trend(losses)
-            bad = next((step for step, values in metrics if "loss" in values and not math.isfinite(values["loss"])), None)
-            if bad is not None:
-                status.flags.append(f"NaN/Inf loss from step {bad}: the checkpoints are not usable")
+    if len(metrics):
+        status.step = int(metrics["step"].iloc[-1])
+    if len(losses):
+        status.last_loss = float(losses["loss"].iloc[-1])
+        status.loss_trend = loss_trend(losses["loss"].tolist())
+        bad = losses[~losses["loss"].map(math.isfinite)]
+        if len(bad):
+            status.flags.append(f"NaN/Inf loss from step {int(bad['step'].iloc[0])}: the checkpoints are not usable")
     if status.total_steps:
         status.progress = min(1.0, (status.step or 0) / status.total_steps)
         if status.step and per_epoch[-1]:
             status.epoch = max(status.epoch, min(epochs, (status.step - 1) // per_epoch[-1] + (0 if finished else 1)))
     if finished:
         status.progress = status.progress if status.total_steps else 1.0
-        if not metrics:
+        if not len(metrics):
             status.flags.append("completed without a single logged training step: it trained nothing")
         elif status.total_steps and (status.step or 0) < status.total_steps:
             status.flags.append(f"completed after {status.step} of {status.total_steps} steps: it did not train all its epochs")
@@ -586,17 +578,9 @@ def totals_line(status: ExperimentStatus) -> str:
     )
 
 
-def _md_cell(value: str) -> str:
-    return value.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("-" * (len(name) + 2) for name in header) + "|"]
-    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def format_markdown(status: ExperimentStatus) -> str:
+    from snaketune.results import markdown_table
+
     rows = table_rows(status)
     header = list(rows[0]) if rows else ["run", "state"]
     return f"{markdown_table(header, [list(row.values()) for row in rows])}\n\n{totals_line(status)}\n"
@@ -618,6 +602,8 @@ NEXT_SECTION = re.compile(r"^##[ \t]+\S", re.MULTILINE)
 
 
 def status_section(status: ExperimentStatus) -> str:
+    from snaketune.results import markdown_table
+
     training = []
     evaluations = []
     for run in status.runs:

@@ -45,21 +45,26 @@ def _digest(settings: dict) -> str:
 
 
 def settings_digests(run: RunPlan) -> dict:
-    """Digests of what each of the run's jobs depends on, recorded when its files are rendered."""
-    digests = {"evaluation": {task: _digest(evaluation_settings(run, task)) for task in run.setup["evaluation"]["tasks"]}}
-    if run.fine_tuned:
-        digests["training"] = _digest(training_settings(run))
-    return digests
+    """Digests of what each of the run's jobs depends on, recorded when its files are rendered.
+
+    Computed once per run (cached on the plan): at DAG-build time every job of the run asks.
+    """
+    if not run.digests:
+        digests = {"evaluation": {task: _digest(evaluation_settings(run, task)) for task in run.setup["evaluation"]["tasks"]}}
+        if run.fine_tuned:
+            digests["training"] = _digest(training_settings(run))
+        run.digests = digests
+    return run.digests
 
 
 def training_changed(plan: ExperimentPlan, run: RunPlan) -> bool:
     """Whether the run's training settings differ from those its files were rendered from."""
-    return plan.rendered.get(run.run_dir, {}).get("training") != _digest(training_settings(run))
+    return plan.rendered.get(run.run_dir, {}).get("training") != settings_digests(run)["training"]
 
 
 def evaluation_changed(plan: ExperimentPlan, run: RunPlan, task: str) -> bool:
     rendered = plan.rendered.get(run.run_dir, {}).get("evaluation", {})
-    return rendered.get(task) != _digest(evaluation_settings(run, task))
+    return rendered.get(task) != settings_digests(run)["evaluation"][task]
 
 
 def scaffold_payload(run: RunPlan) -> str:
@@ -85,3 +90,43 @@ def missing_paths(plan: ExperimentPlan) -> list[str]:
         for path, what in paths.items()
         if not Path(path).exists()
     ]
+
+
+# Rules whose forced rerun redoes a run's evaluations (they are upstream of, or are, evaluate).
+_REDO_EVALUATIONS = {"scaffold_finetune", "scaffold_control", "finetune", "evaluate"}
+_REDO_TRAINING = {"scaffold_finetune", "finetune"}
+
+
+def forced_rerun_notes(plan: ExperimentPlan, forceall: bool, forcerun: set[str], forcetargets: bool, targets: set[str]) -> list[str]:
+    """What a forced rerun (``-F``, ``-R``, ``-f``) would redo that is already finished.
+
+    Snakemake's dry run says only "Forced execution"; researchers need to know which finished
+    results are at stake (kept, not deleted) and that finished trainings are not repeated.
+    Targets are matched by run directory, so the notes cover at most what the DAG will redo.
+    """
+    if not (forceall or forcerun or (forcetargets and targets)):
+        return []
+    files = {str(Path(t)) for t in forcerun | (targets if forcetargets else set())}
+    target_runs = {Path(t).parts[0] for t in targets if len(Path(t).parts) > 1}
+    redone_logs, kept_trainings = [], []
+    for run in plan.runs:
+        if target_runs and run.run_dir not in target_runs:
+            continue
+        logs = [f"{run.run_dir}/eval/logs/{e.task}_{e.checkpoint}.eval" for e in run.evaluations]
+        whole_run = forceall or bool(forcerun & _REDO_EVALUATIONS)
+        redone_logs += [log for log in logs if (whole_run or log in files) and (plan.directory / log).is_file()]
+        manifest = f"{run.run_dir}/finetune_manifest.json"
+        if (forceall or forcerun & _REDO_TRAINING or manifest in files) and (plan.directory / manifest).is_file():
+            kept_trainings.append(run.run_dir)
+    notes = []
+    if redone_logs:
+        notes.append(
+            f"this forced rerun redoes {len(redone_logs)} finished evaluation(s); each previous log is kept in its"
+            f" eval/logs/superseded-<time>-…/ folder, not deleted: " + ", ".join(redone_logs)
+        )
+    if kept_trainings:
+        notes.append(
+            f"{len(kept_trainings)} finished training(s) are not repeated by a forced rerun (the finetune job only checks"
+            f" the saved epochs; move ck-out-<run> aside to retrain one): " + ", ".join(kept_trainings)
+        )
+    return notes

@@ -1,9 +1,11 @@
+import inspect
 import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
@@ -12,6 +14,7 @@ from snaketune.parse import SummaryError
 from snaketune.render import tune_command
 from snaketune.workflow import (
     evaluation_changed,
+    forced_rerun_notes,
     load_plan,
     missing_paths,
     scaffold_payload,
@@ -60,37 +63,84 @@ def _alternatives(names):
     return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
+# Snakemake copies a constraint into every file pattern and rescans that text for each job: an
+# alternation of 1,000 run names made planning twice as slow. A run is one path component
+# (run_plan() names the runs that exist); only controls, a few per experiment, are listed.
+CONTROL_DIRS = _alternatives(run.run_dir for run in CONTROLS)
+
+
 wildcard_constraints:
-    run=_alternatives(run.run_dir for run in PLAN.runs),
+    run=r"[^/]+",
     task=_alternatives(task.name for task in PLAN.experiment.tasks),
     checkpoint=r"base|epoch_\d+",
 
 
+def per_job(func):
+    """Mark a function Snakemake calls for every job (input, params, resources, threads).
+
+    Snakemake inspects such a function's signature at each call, 2-3 times per job: a third of
+    the cost of the calls themselves in a 1,000-run plan. Hand it the signature once.
+    """
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def run_plan(wildcards):
-    return PLAN.run(wildcards.run)
+    try:
+        return PLAN.run(wildcards.run)
+    except KeyError:
+        raise WorkflowError(
+            f"{wildcards.run!r} is not a run directory of {PLAN.experiment.path}"
+        ) from None
 
 
+@per_job
 def get_scaffold_payload(wildcards):
     return scaffold_payload(run_plan(wildcards))
 
 
+@per_job
 def get_tune_command(wildcards):
     return shlex.join(
         tune_command(run_plan(wildcards).setup, Path(wildcards.run) / "finetune.yaml")
     )
 
 
+_FORCED_RERUN_NOTED = []
+
+
+def note_forced_rerun():
+    """Say once which finished results a forced rerun (-F/-R/-f) redoes: the force flags are
+    known only while the DAG is built, so the job input functions call this."""
+    if _FORCED_RERUN_NOTED or workflow.exec_mode != ExecMode.DEFAULT:
+        return
+    _FORCED_RERUN_NOTED.append(True)
+    settings = workflow.dag_settings
+    for note in forced_rerun_notes(
+        PLAN,
+        settings.forceall,
+        set(settings.forcerun),
+        settings.forcetargets,
+        set(settings.targets),
+    ):
+        logger.warning(f"snaketune: {note}")
+
+
 # Why not params: Snakemake 9 skips every check of a job downstream of a job that reruns
 # (the per-run scaffold job reruns on any change of the run's setup), and then ignores an
 # ancient() edge. So the edge from the rendered files is ancient() exactly when the settings
 # the job depends on are unchanged, and a plain edge (rerun) when they changed.
+@per_job
 def get_finetune_input(wildcards):
+    note_forced_rerun()
     run = run_plan(wildcards)
     config = f"{wildcards.run}/finetune.yaml"
     return {"config": config if training_changed(PLAN, run) else ancient(config)}
 
 
+@per_job
 def get_evaluate_input(wildcards):
+    note_forced_rerun()
     run = run_plan(wildcards)
     setup = f"{wildcards.run}/setup_finetune.yaml"
     inputs = {
@@ -107,6 +157,7 @@ def get_resources(stage):
     """Snakemake resources of a stage (slurm plugin names) from config, per run."""
 
     def resource(name):
+        @per_job
         def lookup(wildcards):
             value = run_plan(wildcards).setup["resources"][stage][name]
             return (
@@ -133,7 +184,9 @@ def get_resources(stage):
 
 
 def get_threads(stage):
-    return lambda wildcards: int(run_plan(wildcards).setup["resources"][stage]["cpus"])
+    return per_job(
+        lambda wildcards: int(run_plan(wildcards).setup["resources"][stage]["cpus"])
+    )
 
 
 def evaluation_logs():
@@ -144,7 +197,8 @@ def evaluation_logs():
     ]
 
 
-def get_scaffold_files():
+def get_scaffold_files(wildcards):
+    """Every rendered file (an input function: listed only when `scaffold` is asked for)."""
     files = []
     for run in PLAN.runs:
         files.append(f"{run.run_dir}/setup_finetune.yaml")
@@ -156,4 +210,10 @@ def get_scaffold_files():
 def get_final_output():
     if PLAN.experiment.tasks:
         return ["results/results.csv"]
+    return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED]
+
+
+def get_report_trainings():
+    """Every fine-tuned run's manifest: the report plots each run's training loss, also of
+    runs that no task evaluates."""
     return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED]

@@ -2,7 +2,9 @@ rule evaluate:
     input:
         unpack(get_evaluate_input),
     output:
-        "{run}/eval/logs/{task}_{checkpoint}.eval",
+        # update(): Snakemake must not delete a finished log before a rerun; the job moves
+        # it to eval/logs/superseded-<time>-…/ once the new evaluation has succeeded.
+        update("{run}/eval/logs/{task}_{checkpoint}.eval"),
     log:
         "{run}/logs/evaluate-{task}-{checkpoint}.log",
     conda:

@@ -7,7 +7,7 @@ localrules:
 
 rule scaffold:
     input:
-        get_scaffold_files(),
+        get_scaffold_files,
 
 
 rule scaffold_finetune:
@@ -18,7 +18,7 @@ rule scaffold_finetune:
     log:
         "{run}/logs/scaffold.log",
     wildcard_constraints:
-        run=_alternatives(run.run_dir for run in FINE_TUNED),
+        run=rf"(?!(?:{CONTROL_DIRS})/)[^/]+",
     conda:
         "../envs/snaketune.yaml"
     params:
@@ -33,7 +33,7 @@ rule scaffold_control:
     log:
         "{run}/logs/scaffold.log",
     wildcard_constraints:
-        run=_alternatives(run.run_dir for run in CONTROLS),
+        run=CONTROL_DIRS,
     conda:
         "../envs/snaketune.yaml"
     params:
