@@ -60,6 +60,9 @@ def test_preempted_training_is_requeued_and_resumes(slurm_sandbox, tmp_path, dem
         wait_for(lambda: epoch_complete(checkpoints / "epoch_0"), driver, timeout=300)
         (job_id,) = slurm_ids(experiment, "preempted")
         slurm_sandbox.job_ids.add(job_id)
+        training = run_status(experiment)  # read while the job trains
+        assert training["state"] == "running" and training["job_id"] == job_id, training
+        assert 0 < training["progress"] < 1, training
         # a job of the high-priority partition that needs the whole node preempts the training
         preemptor = subprocess.run(
             [

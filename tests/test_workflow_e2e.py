@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +79,20 @@ def test_rerun_is_a_no_op(finished):
     summary, _ = finished
     result = snakemake(summary, "--cores", "2")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_status_tables_are_written_without_rescheduling_anything(finished):
+    summary, _ = finished
+    original = summary.read_text()
+    try:
+        subprocess.run([sys.executable, "-m", "snaketune", "status", str(summary), "--write"], check=True, capture_output=True)
+        written = summary.read_text()
+        assert written.startswith(original.rstrip("\n")) and "## Status\n" in written  # added at the end, nothing else touched
+        assert "| fast | completed | - |" in written and "| base | wordcase | base | completed | - |" in written
+        result = snakemake(summary, "-n")
+        assert "Nothing to be done" in result.stdout + result.stderr
+    finally:
+        summary.write_text(original)
 
 
 def test_prose_edits_change_nothing(finished):

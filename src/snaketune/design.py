@@ -22,6 +22,7 @@ reader, so the lines edited are the lines the parser reads.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -302,25 +303,8 @@ def _run_names(experiment: Experiment, new_runs: list[Run], taken: set[str], reg
     # naming.py keys runs by name, so the provisional names must be unique too
     provisional_taken = {run.name for run in experiment.runs}
     provisional = [Run(_unique(run.name, provisional_taken), run.type, run.model, run.params, run.line) for run in new_runs]
-    directories = run_directories(_with_runs(experiment, experiment.runs + provisional), registry)
+    directories = run_directories(dataclasses.replace(experiment, runs=experiment.runs + provisional), registry)
     return [_unique(directories[run.name], taken) for run in provisional]
-
-
-def _with_runs(experiment: Experiment, runs: list[Run]) -> Experiment:
-    return Experiment(
-        path=experiment.path,
-        name=experiment.name,
-        runs=runs,
-        columns=experiment.columns,
-        models=experiment.models,
-        dataset=experiment.dataset,
-        tasks=experiment.tasks,
-        config=experiment.config,
-        config_lines=experiment.config_lines,
-        eval_epochs=experiment.eval_epochs,
-        eval_matrix=experiment.eval_matrix,
-        eval_sentence=experiment.eval_sentence,
-    )
 
 
 def table_row(cells: list[str]) -> str:

@@ -55,7 +55,8 @@ def workflow_ended(plan: ExperimentPlan, success: bool) -> None:
 def _record_end(plan: ExperimentPlan, success: bool) -> None:
     from snaketune import status
 
-    found = status.collect(plan)
+    tables = status.has_status_section(plan.experiment.path)
+    found = status.collect(plan, scores=tables)
     minutes = (time.monotonic() - _started.get("time", time.monotonic())) / 60
     failures = [
         f"{run.run}: {run.state} ({run.cause}; resumable: {run.resumable})" for run in found.runs if run.state in status.FAILED_STATES
@@ -78,6 +79,6 @@ def _record_end(plan: ExperimentPlan, success: bool) -> None:
         details,
         result,
     )
-    if status.has_status_section(plan.experiment.path):
+    if tables:
         status.write_status_tables(plan.experiment.path, found)
         append(plan.directory, "UPDATE_STATUS", "rewrote the Status tables", str(plan.experiment.path), "done")

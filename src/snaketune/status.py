@@ -399,7 +399,9 @@ def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool)
             status.flags.append(f"completed after {status.step} of {status.total_steps} steps: it did not train all its epochs")
 
 
-def _evaluation_status(plan: ExperimentPlan, run: RunPlan, task: str, checkpoint: str, slurm: dict[str, dict]) -> EvaluationStatus:
+def _evaluation_status(
+    plan: ExperimentPlan, run: RunPlan, task: str, checkpoint: str, slurm: dict[str, dict], scores: bool
+) -> EvaluationStatus:
     from snaketune.results import evaluation_row
 
     directory = plan.directory
@@ -413,6 +415,8 @@ def _evaluation_status(plan: ExperimentPlan, run: RunPlan, task: str, checkpoint
     if log.is_file():
         status.state = "completed"
         status.completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(log.stat().st_mtime))
+        if not scores:
+            return status
         try:
             row, _, _ = evaluation_row(log)
         except Exception as error:  # a log inspect-ai cannot read is a finding, not a crash
@@ -476,8 +480,9 @@ def load(experiment: Path, configfiles: list[Path] = ()) -> ExperimentStatus:
     return collect(load_plan(summary.absolute(), workflow_config(configfiles)))
 
 
-def collect(plan: ExperimentPlan) -> ExperimentStatus:
-    """The status of every run and evaluation of a planned experiment."""
+def collect(plan: ExperimentPlan, scores: bool = True) -> ExperimentStatus:
+    """The status of every run and evaluation of a planned experiment (``scores=False`` skips
+    reading the evaluation logs: inspect-ai takes seconds to import)."""
     directory = plan.directory
     on_slurm = (directory / ".snakemake" / "slurm_logs").is_dir()
     ids = []
@@ -492,7 +497,7 @@ def collect(plan: ExperimentPlan) -> ExperimentStatus:
         status = (
             _training_status(plan, run, slurm, on_slurm) if run.fine_tuned else RunStatus(run.run_dir, run.name, run.type, state="control")
         )
-        status.evaluations = [_evaluation_status(plan, run, e.task, e.checkpoint, slurm) for e in run.evaluations]
+        status.evaluations = [_evaluation_status(plan, run, e.task, e.checkpoint, slurm, scores) for e in run.evaluations]
         runs.append(status)
     return ExperimentStatus(
         experiment=plan.experiment.name,

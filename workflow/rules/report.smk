@@ -1,6 +1,3 @@
-report: "../report/workflow.rst"
-
-
 rule report:
     input:
         evaluations=evaluation_logs(),
