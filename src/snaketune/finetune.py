@@ -340,6 +340,10 @@ def _run(run_dir: Path, command: list[str]) -> int:
             # use (or resume from) what it saved instead of training the run twice at once.
             print(f"snaketune: another training of this run holds {lock_path}; waiting for it to end", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        # who trains: `snaketune status` shows it for a local run
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
         prepare(output_dir, config)
         used = {}
         if complete_epochs(output_dir) == list(range(epochs)):

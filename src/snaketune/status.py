@@ -309,6 +309,7 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
 
     if lock_held(output_dir):
         status.state = "running"
+        status.job_id = status.job_id or _read(output_dir.with_name(f".{output_dir.name}.lock")).strip()
     elif slurm_state in ("queued", "running"):
         status.state = slurm_state
     elif manifest is not None:
