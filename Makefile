@@ -46,7 +46,7 @@ bench: venv
 	$(PY) benchmarks/bench_slurm.py
 
 clean-demo:
-	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake
+	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake $(DEMO)/run-experiment.log
 	find $(DEMO) -mindepth 1 -maxdepth 1 -type d -exec test -e '{}/setup_finetune.yaml' ';' -exec rm -rf '{}' +
 
 # `make demo-slurm`: the demo on a throw-away local Slurm cluster (scripts/slurm-sandbox, needs
