@@ -188,3 +188,12 @@ def test_a_replaced_evaluation_log_is_kept_not_deleted(tmp_path):
     assert first.read_bytes() == b"first" and second.read_bytes() == b"second"  # a folder per call: nothing overwritten
     assert first.parent != second.parent and first.parent.name.startswith("superseded-")
     assert not (logs / "word_epoch_0.eval").exists()
+
+
+def test_where_metrics_are_logged_does_not_change_a_trainings_identity():
+    from snaketune.finetune import fingerprint
+
+    config = {"optimizer": {"lr": 0.001}, "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger"}}
+    with_wandb = {**config, "metric_logger": {"_component_": "snaketune.metric_logging.DiskAndWandBLogger"}, "resume_from_checkpoint": True}
+    assert fingerprint(with_wandb) == fingerprint(config)  # turning W&B on still resumes into the checkpoints
+    assert fingerprint({**config, "optimizer": {"lr": 0.01}}) != fingerprint(config)

@@ -91,12 +91,18 @@ def test_killed_driver_rerun_does_not_train_twice(three_epochs):
     wait_for(lambda: (checkpoints / "snaketune_fingerprint.json").is_file(), process)
     os.kill(process.pid, signal.SIGKILL)  # only the driver: its training goes on
     process.wait()
+    orphan = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
+        ).stdout
+    )["runs"][0]
+    assert orphan["state"] == "running" and orphan["job_id"].startswith("pid "), orphan  # the lock names the training
     snakemake(summary, "--unlock")
     snakemake(summary, target, "--cores", "2")
     log = (summary.parent / "only" / "logs" / "finetune.log").read_text()
     assert "waiting for it to end" in log
     assert "not retraining" in log  # the orphaned training finished the run; no second one
-    assert "Running LoRAFinetuneRecipeSingleDevice" not in log
+    assert "with resolved config" not in log  # torchtune's first line when a recipe starts
     assert (summary.parent / target).is_file()
 
 

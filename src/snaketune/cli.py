@@ -107,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_design(args: argparse.Namespace) -> int:
     from snaketune import design
-    from snaketune.status import workflow_config
+    from snaketune.workflow import workflow_config
 
     grid_file = Path(args.grid_file) if args.grid_file else None
     try:

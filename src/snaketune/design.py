@@ -347,7 +347,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _default_config() -> dict:
-    from snaketune.status import workflow_config
+    from snaketune.workflow import workflow_config
 
     return workflow_config()
 

@@ -48,7 +48,8 @@ OUT_OF_MEMORY_FAILURE = "out of memory"
 DIVERGED = "the loss is NaN/Inf (the training diverged)"
 # torchtune's progress bar: "1|12|Loss: nan"
 NON_FINITE_LOSS = re.compile(rb"Loss: (?:nan|-?inf)\b", re.IGNORECASE)
-OUT_OF_MEMORY = re.compile(rb"out of memory|OutOfMemoryError|can't allocate memory|\bMemoryError\b|oom[-_]kill", re.IGNORECASE)
+OUT_OF_MEMORY_TEXT = r"out of memory|OutOfMemoryError|can't allocate memory|\bMemoryError\b|oom[-_]kill"
+OUT_OF_MEMORY = re.compile(OUT_OF_MEMORY_TEXT.encode(), re.IGNORECASE)
 
 
 class FinetuneError(RuntimeError):

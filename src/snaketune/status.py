@@ -25,12 +25,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from snaketune.finetune import ATTEMPT_HEADER, MANIFEST, complete_epochs
+from snaketune.finetune import ATTEMPT_HEADER, DIVERGED, MANIFEST, OUT_OF_MEMORY_TEXT, complete_epochs
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
 from snaketune.scaffold import eval_log_name
 
-REPO = Path(__file__).resolve().parents[2]
 FAILED_STATES = ("failed", "preempted", "timeout", "oom", "cancelled")
 # SLURM job states (sacct/squeue) -> our state; COMPLETED is decided by the manifest.
 SLURM_STATES = {
@@ -51,12 +50,8 @@ SLURM_STATES = {
 }
 # Failure causes, first match wins: (cause, pattern in the job's log, what to change).
 CAUSES = [
-    ("NaN loss", r"the loss is NaN/Inf", "lower the learning rate (the run diverged); retraining as it is diverges again"),
-    (
-        "out of memory",
-        r"out of memory|OutOfMemoryError|can't allocate memory|\bMemoryError\b|oom[-_]kill",
-        "lower the Batch size or raise resources.finetune.mem_mb (or use a bigger GPU)",
-    ),
+    ("NaN loss", re.escape(DIVERGED), "lower the learning rate (the run diverged); retraining as it is diverges again"),
+    ("out of memory", OUT_OF_MEMORY_TEXT, "lower the Batch size or raise resources.finetune.mem_mb (or use a bigger GPU)"),
     ("preempted", r"DUE TO PREEMPTION", "nothing to change"),
     ("timeout", r"DUE TO TIME LIMIT", "raise resources.<stage>.time in config/config.yaml"),
     ("cancelled", r"CANCELLED AT", "nothing to change if the cancellation was intended"),
@@ -229,10 +224,15 @@ def lock_held(output_dir: Path) -> bool:
     return False
 
 
+def slurm_log(experiment_dir: Path, rule: str, wildcards: str, job_id: str = "") -> Path:
+    """The executor plugin's log of a job (its folder without a job id)."""
+    folder = experiment_dir / ".snakemake" / "slurm_logs" / f"rule_{rule}" / wildcards
+    return folder / f"{job_id}.log" if job_id else folder
+
+
 def slurm_job_ids(experiment_dir: Path, rule: str, wildcards: str) -> list[str]:
     """The executor plugin's job ids of one job, oldest first."""
-    folder = experiment_dir / ".snakemake" / "slurm_logs" / f"rule_{rule}" / wildcards
-    return sorted((p.stem for p in folder.glob("*.log") if p.stem.isdigit()), key=int)
+    return sorted((p.stem for p in slurm_log(experiment_dir, rule, wildcards).glob("*.log") if p.stem.isdigit()), key=int)
 
 
 def query_slurm(job_ids: list[str]) -> dict[str, dict]:
@@ -316,10 +316,8 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
         status.state = "completed"
     elif slurm_state:
         status.state = slurm_state
-    elif job.get("state") == "COMPLETED" or (attempt and ATTEMPT_HEADER in attempt):
-        status.state = "failed"
-    elif log_path.is_file() and attempt.strip():
-        status.state = "failed"
+    elif job.get("state") == "COMPLETED" or attempt.strip():
+        status.state = "failed"  # it ran, and neither finished nor runs now
 
     status.started = _slurm_time(job.get("start", "")) or (manifest or {}).get("started", "") or (header.group(1) if header else "")
     status.completed = (manifest or {}).get("finished", "") or _slurm_time(job.get("end", ""))
@@ -343,7 +341,7 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     _progress(status, output_dir, attempt, manifest is not None)
 
     if status.state in FAILED_STATES:
-        cause, detail, fix = diagnose(attempt + "\n" + _read(_slurm_log(directory, "finetune", run.run_dir, status.job_id)))
+        cause, detail, fix = diagnose(attempt + "\n" + _read(slurm_log(directory, "finetune", run.run_dir, status.job_id)))
         cause = {"preempted": "preempted", "timeout": "timeout", "oom": "out of memory", "cancelled": "cancelled"}.get(status.state, cause)
         if not cause:
             exited = re.search(r"tune run exited with (-?\d+)", attempt)
@@ -361,10 +359,6 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     if job.get("state") == "COMPLETED" and manifest is None and status.state != "running":
         status.flags.append(f"SLURM job {status.job_id} COMPLETED but the training did not finish its epochs (no {MANIFEST})")
     return status
-
-
-def _slurm_log(directory: Path, rule: str, wildcards: str, job_id: str) -> Path:
-    return directory / ".snakemake" / "slurm_logs" / f"rule_{rule}" / wildcards / f"{job_id}.log"
 
 
 def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool) -> None:
@@ -432,7 +426,7 @@ def _evaluation_status(
     if slurm_state in ("queued", "running") or (not jobs and _incomplete(directory, log)):
         status.state = slurm_state or "running"
     elif slurm_state or job_log.is_file():
-        text = _read(job_log) + "\n" + _read(_slurm_log(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}", status.job_id))
+        text = _read(job_log) + "\n" + _read(slurm_log(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}", status.job_id))
         cause, detail, _ = diagnose(text)
         status.state = slurm_state or ("oom" if cause == "out of memory" else "failed")
         status.cause = cause or "interrupted (no error in its log)"
@@ -458,24 +452,9 @@ def _checkpoint_bytes(plan: ExperimentPlan) -> int:
     return total
 
 
-def workflow_config(configfiles: list[Path] = ()) -> dict:
-    """The workflow's ``config/config.yaml`` with the user's ``--configfile`` files merged on top."""
-    import yaml
-
-    def merge(base: dict, update: dict) -> dict:
-        for key, value in update.items():
-            base[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
-        return base
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for path in configfiles:
-        merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
-
-
 def load(experiment: Path, configfiles: list[Path] = ()) -> ExperimentStatus:
     """The status of the experiment in a directory (or of a summary file)."""
-    from snaketune.workflow import load_plan
+    from snaketune.workflow import load_plan, workflow_config
 
     summary = experiment / "experiment_summary.md" if experiment.is_dir() else experiment
     return collect(load_plan(summary.absolute(), workflow_config(configfiles)))

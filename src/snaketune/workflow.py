@@ -20,6 +20,21 @@ def load_plan(summary: Path, config: dict) -> ExperimentPlan:
     return plan
 
 
+def workflow_config(configfiles: list[Path] = ()) -> dict:
+    """The workflow's ``config/config.yaml`` with the user's ``--configfile`` files merged on top."""
+    import yaml
+
+    def merge(base: dict, update: dict) -> dict:
+        for key, value in update.items():
+            base[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+        return base
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())
+    for path in configfiles:
+        merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
+
+
 def training_settings(run: RunPlan) -> dict:
     """What decides a training result: a change here retrains the run, nothing else does."""
     return {key: run.setup[key] for key in ("model", "model_path", "dataset", "system_prompt", "training", "torchtune")}
