@@ -48,3 +48,18 @@ def slurm_sandbox() -> Iterator:
     from slurm_helpers import sandbox_session
 
     yield from sandbox_session()
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, demo_assets):
+    """The uninterrupted training of each :class:`exactness.Settings`, made once per session."""
+    from exactness import train
+
+    made = {}
+
+    def reference(settings):
+        if settings not in made:
+            made[settings] = train(tmp_path_factory.mktemp("uninterrupted"), demo_assets, settings)
+        return made[settings]
+
+    return reference

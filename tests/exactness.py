@@ -1,0 +1,147 @@
+"""Resume exactness, as a reusable check: a training interrupted and resumed must equal the
+same training run without interruption.
+
+:func:`train` runs the recipe the way the finetune job does (``tune run
+snaketune/resumable_recipe.py --config …``), directly, once per attempt, killing attempt *i* at
+the fault point ``kills[i]`` (:mod:`snaketune.faults`) and resuming from what it saved.
+:func:`assert_same_training` compares two trainings: every epoch's adapter weights with
+``torch.equal`` and every logged step's loss and learning rate exactly. The uninterrupted
+reference of a config is made once per test session (the ``uninterrupted`` fixture in
+``conftest.py``) with the same thread count and batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from e2e_helpers import REPO, row, write_summary
+
+TUNE = Path(sys.executable).parent / "tune"
+RECIPE = "snaketune/resumable_recipe.py"
+# torchtune's DiskLogger: "Step 12 | loss:0.38 lr:0.001 tokens_per_second_per_gpu:436.7 "
+STEP_LINE = re.compile(r"^Step (\d+) \| loss:(\S+) lr:(\S+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a training of the tiny demo model is made of (the reference cache's key)."""
+
+    epochs: int = 3
+    steps_per_epoch: int = 5
+    batch_size: int = 8
+    lora_rank: int = 8
+    lora_dropout: float = 0.1  # > 0: exactness needs the RNG states restored
+    learning_rate: float = 1e-3
+    threads: int = 1
+
+
+@dataclass
+class Training:
+    output_dir: Path
+    exit_codes: list[int]
+    # every "Step N" line of every attempt's metric log: (step, loss text, lr text)
+    logged_steps: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def adapter(self, epoch: int) -> dict:
+        from safetensors.torch import load_file
+
+        folder = self.output_dir / f"epoch_{epoch}"
+        safetensors = folder / "adapter_model.safetensors"
+        if safetensors.is_file():
+            return load_file(str(safetensors))
+        import torch
+
+        return torch.load(folder / "adapter_model.pt", map_location="cpu", weights_only=True)
+
+    def losses(self) -> dict[int, tuple[str, str]]:
+        return {step: (loss, lr) for step, loss, lr in self.logged_steps}
+
+
+def finetune_config(directory: Path, assets: Path, settings: Settings) -> Path:
+    """The finetune.yaml the workflow renders for one tiny-model run, with ``settings``."""
+    from snaketune.parse import read_summary
+    from snaketune.plan import plan_experiment
+    from snaketune.render import dump_yaml, finetune_config
+    from snaketune.workflow import workflow_config
+
+    summary = write_summary(directory, assets, [row("only", settings.lora_rank, str(settings.learning_rate))], epochs=settings.epochs)
+    (run,) = plan_experiment(read_summary(summary), workflow_config(), {}).runs
+    config = finetune_config(run.setup)
+    output_dir = str(directory / "checkpoints")
+    config.update(output_dir=output_dir, batch_size=settings.batch_size, max_steps_per_epoch=settings.steps_per_epoch)
+    config["model"]["lora_dropout"] = settings.lora_dropout
+    config["checkpointer"]["output_dir"] = output_dir
+    config["metric_logger"]["log_dir"] = f"{output_dir}/logs"
+    path = directory / "finetune.yaml"
+    path.write_text(dump_yaml(config))
+    return path
+
+
+def train(directory: Path, assets: Path, settings: Settings, kills: Sequence[str] = ()) -> Training:
+    """Train until done; attempt *i* (0-based) is killed at ``kills[i]``, the next one resumes."""
+    config = finetune_config(directory, assets, settings)
+    output_dir = directory / "checkpoints"
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), HF_HUB_OFFLINE="1")
+    env.pop("SNAKETUNE_FAULT", None)
+    training = Training(output_dir, [])
+    for attempt in range(len(kills) + 1):
+        command = [str(TUNE), "run", RECIPE, "--config", str(config)]
+        if attempt:
+            command.append("resume_from_checkpoint=True")
+        attempt_env = dict(env, SNAKETUNE_FAULT=kills[attempt]) if attempt < len(kills) else env
+        with open(directory / f"attempt-{attempt}.log", "w") as log:
+            # a session of its own: the fault kills this attempt's process group, not pytest
+            code = subprocess.run(
+                command, cwd=REPO, env=attempt_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            ).returncode
+        training.exit_codes.append(code)
+        expected = -signal.SIGKILL if attempt < len(kills) else 0
+        if code != expected:
+            raise AssertionError(
+                f"attempt {attempt} exited {code}, not {expected}:\n{(directory / f'attempt-{attempt}.log').read_text()[-3000:]}"
+            )
+    for log in sorted((output_dir / "logs").glob("log_*.txt"), key=lambda p: int(re.sub(r"\D", "", p.stem))):
+        for line in log.read_text().splitlines():
+            match = STEP_LINE.match(line)
+            if match:
+                training.logged_steps.append((int(match.group(1)), match.group(2), match.group(3)))
+    return training
+
+
+def assert_same_training(resumed: Training, reference: Training, epochs: int) -> None:
+    """Identical adapters after every epoch, identical loss and learning rate at every step."""
+    import torch
+
+    for epoch in range(epochs):
+        ours, theirs = resumed.adapter(epoch), reference.adapter(epoch)
+        assert sorted(ours) == sorted(theirs), f"epoch_{epoch}: other adapter keys"
+        different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
+        assert not different, f"epoch_{epoch}: {len(different)} adapter tensors differ from the uninterrupted run, e.g. {different[0]}"
+    expected = reference.losses()
+    assert sorted(expected) == list(range(1, len(expected) + 1))
+    assert {step for step, _, _ in resumed.logged_steps} == set(expected), "another set of steps was logged"
+    for step, loss, lr in resumed.logged_steps:  # every attempt's lines, repeated steps included
+        assert (loss, lr) == expected[step], f"step {step}: loss/lr {loss}/{lr}, uninterrupted {expected[step][0]}/{expected[step][1]}"
+
+
+def recipe_state(output_dir: Path) -> dict:
+    import torch
+
+    return torch.load(output_dir / "recipe_state" / "recipe_state.pt", map_location="cpu", weights_only=True)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "finetune_manifest.json").read_text())
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
