@@ -51,6 +51,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_scaffold(args: argparse.Namespace) -> int:
     import json
 
+    from snaketune import faults
     from snaketune.naming import record_run
     from snaketune.scaffold import write_run_files
 
@@ -59,8 +60,9 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
     experiment_dir = Path(args.experiment_dir).absolute()
     for path in write_run_files(setup, experiment_dir / setup["run_dir"]):
         print(f"wrote {path}")
-    # recorded last: the digests say which settings the files on disk were rendered from
-    record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"], payload["digests"])
+    # recorded last: a run's name is taken once its files exist
+    record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"])
+    faults.reached("scaffold:after-files")
     if setup["type"] == "fine-tuned" and setup["training"]["packing"]:
         print("WARNING: packing on: tokenizer.max_seq_len is an integer, so torchtune 0.6.1 masks the final EOS label")
     return 0

@@ -10,7 +10,10 @@ Snakemake only sees the small manifest this job writes at the end; the checkpoin
   LR schedule on resume only when it is set);
 - relaunches a training that ran out of memory with half the batch size and twice the
   gradient accumulation (the same effective batch), at most ``MAX_OOM_RETRIES`` times;
-- writes ``finetune_manifest.json`` listing the epoch checkpoints once all are complete.
+- writes ``finetune_manifest.json`` last, once every epoch checkpoint is complete: the epochs,
+  the digest of the training settings it trained with (what the DAG compares, see
+  snaketune.state), the checkpoint fingerprint, the batch size used and whether every resume
+  was exact (same batch, threads and saved RNG states as the uninterrupted run would have).
 
 Every attempt starts with an ``ATTEMPT_HEADER`` line in the run's log (the latest attempt:
 ``snaketune status`` reads it) and in ``logs/finetune-attempts.log`` (all attempts).
@@ -33,13 +36,16 @@ from pathlib import Path
 
 import yaml
 
+from snaketune import faults
 from snaketune.render import write_atomic
+from snaketune.state import MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
 
-MANIFEST = "finetune_manifest.json"
 FINGERPRINT = "snaketune_fingerprint.json"
+# Every attempt of the run's training (this job's and earlier ones'), beside the checkpoints.
+ATTEMPTS = "snaketune_attempts.json"
 # Keys that may differ between a run's attempts without making its checkpoints another
-# training's: the resume switches, and where metrics are logged (turning W&B on or off).
-RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch", "metric_logger")
+# training's: the resume switches, and how and where metrics are logged (turning W&B on or off).
+RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch", "metric_logger", "log_every_n_steps")
 ATTEMPT_HEADER = "snaketune: finetune attempt started"
 ATTEMPTS_LOG = "finetune-attempts.log"
 MAX_OOM_RETRIES = 3
@@ -150,36 +156,39 @@ def prepare(output_dir: Path, config: dict) -> None:
         write_atomic(stamp, json.dumps({"fingerprint": wanted}) + "\n")
 
 
-def recipe_epochs_run(state: Path) -> int | None:
-    """Epochs a saved recipe state says were run, or None when it is missing or unreadable
-    (torchtune writes it in place, so a kill while saving leaves a truncated file)."""
+def read_recipe_state(state: Path) -> dict | None:
+    """A saved recipe state, or None when it is missing or unreadable (torchtune writes it in
+    place, so a kill while saving leaves a truncated file)."""
     if not state.is_file():
         return None
     import torch
 
     try:
-        return int(torch.load(state, map_location="cpu", weights_only=False)["epochs_run"])
+        return torch.load(state, map_location="cpu", weights_only=False)
     except Exception as error:  # any unreadable file means: cannot resume from it
         print(f"snaketune: {state} is unreadable ({type(error).__name__}); it cannot be resumed from", flush=True)
         return None
 
 
-def resume_overrides(output_dir: Path, epochs: int) -> list[str]:
-    """torchtune overrides to continue a previous attempt, or none to start fresh.
+def resume_point(output_dir: Path, epochs: int) -> dict | None:
+    """Where a previous attempt can be continued from, ``{"epoch": N, "rng_restored": bool}``
+    (the last complete epoch, and whether its recipe state holds the RNG states an exact resume
+    needs), or None to start fresh.
 
     torchtune resumes the adapter of the highest ``epoch_N`` directory with the optimizer and
     dataloader state of ``recipe_state.pt``: both must describe the same epoch, so epoch
     directories newer than the recipe state (a save killed half-way) are set aside first.
     """
-    epochs_run = recipe_epochs_run(output_dir / "recipe_state" / "recipe_state.pt")
+    state = read_recipe_state(output_dir / "recipe_state" / "recipe_state.pt") or {}
+    epochs_run = int(state.get("epochs_run", 0))
     if not epochs_run or epochs_run >= epochs or epochs_run - 1 not in complete_epochs(output_dir):
-        return []
+        return None
     for path in output_dir.glob("epoch_*"):
         suffix = path.name.removeprefix("epoch_")
         if suffix.isdigit() and int(suffix) >= epochs_run:
             _quarantine(path)
     print(f"snaketune: resuming from epoch_{epochs_run - 1} (recipe_state present)", flush=True)
-    return ["resume_from_checkpoint=True"]
+    return {"epoch": epochs_run - 1, "rng_restored": RECIPE_RNG_KEY in state}
 
 
 def _quarantine(path: Path) -> None:
@@ -238,14 +247,48 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict 
     missing = [epoch for epoch in range(epochs) if epoch not in done]
     if missing:
         raise FinetuneError(f"training ended but epoch checkpoint(s) {missing} are missing or incomplete in {output_dir}")
+    attempts = (read_record(output_dir / ATTEMPTS) or {}).get("attempts", [])
+    exact, reasons = exactness(attempts)
+    last = attempts[-1] if attempts else {}
     manifest = {
         "output_dir": str(output_dir),
         "epochs": {f"epoch_{e}": str(output_dir / f"epoch_{e}") for e in range(epochs)},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "batch_size": last.get("batch_size"),
+        "gradient_accumulation_steps": last.get("gradient_accumulation_steps"),
         **(training or {}),
+        "fingerprint": (read_record(output_dir / FINGERPRINT) or {}).get("fingerprint"),
+        "attempts": len(attempts),
+        "resumes_exact": exact,
+        "inexact_resumes": reasons,
     }
-    write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    faults.reached("finetune:before-manifest")
+    write_record(run_dir / MANIFEST, manifest)
+    faults.reached("finetune:after-manifest")
     return manifest
+
+
+def record_attempt(output_dir: Path, attempt: dict) -> None:
+    """Append one training attempt to the record beside the checkpoints."""
+    path = output_dir / ATTEMPTS
+    write_record(path, {"attempts": [*(read_record(path) or {}).get("attempts", []), attempt]})
+
+
+def exactness(attempts: list[dict]) -> tuple[bool, list[str]]:
+    """Whether the training equals an uninterrupted one on the same device: every resume since
+    the attempt that started it restored the RNG states and used its batch size, gradient
+    accumulation and thread count. With the reasons when not (e.g. an OOM relaunch)."""
+    starts = [index for index, attempt in enumerate(attempts) if attempt.get("resumed_from") is None]
+    current = attempts[starts[-1] :] if starts else attempts
+    reasons = []
+    for attempt in current[1:]:
+        where = f"the resume from epoch_{attempt.get('resumed_from')}"
+        if not attempt.get("rng_restored"):
+            reasons.append(f"{where} had no saved RNG states (a recipe state of an older snaketune)")
+        for key, label in (("batch_size", "batch size"), ("gradient_accumulation_steps", "gradient accumulation"), ("threads", "threads")):
+            if attempt.get(key) != current[0].get(key):
+                reasons.append(f"{where} used {label} {attempt.get(key)}, not {current[0].get(key)}")
+    return not reasons, reasons
 
 
 def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dict]:
@@ -259,14 +302,28 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
     used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": 0}
     retry = 0
     while True:
-        resume = resume_overrides(output_dir, epochs)
-        if not resume and any(output_dir.glob("epoch_*")):
+        resume = resume_point(output_dir, epochs)
+        if resume is None and any(output_dir.glob("epoch_*")):
             _move_aside(output_dir, "the saved epochs cannot be resumed from (no readable recipe state)")
             prepare(output_dir, config)
         batch = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation}
-        overrides = [f"max_steps_per_epoch={steps_per_epoch({**config, **batch}, _processes(command))}", *resume]
+        overrides = [f"max_steps_per_epoch={steps_per_epoch({**config, **batch}, _processes(command))}"]
+        if resume is not None:
+            overrides.append("resume_from_checkpoint=True")
         if retry:
             overrides += [f"{key}={value}" for key, value in batch.items()]
+        record_attempt(
+            output_dir,
+            {
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                "resumed_from": None if resume is None else resume["epoch"],
+                "rng_restored": None if resume is None else resume["rng_restored"],
+                **batch,
+                # CPU results depend on the thread count (the job sets OMP_NUM_THREADS)
+                "threads": os.environ.get("OMP_NUM_THREADS"),
+            },
+        )
         full = command + overrides
         print("snaketune: " + " ".join(full), flush=True)
         code, problem = run_training(full, env)
@@ -346,6 +403,7 @@ def _run(run_dir: Path, command: list[str]) -> int:
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
         prepare(output_dir, config)
+        faults.reached("finetune:before-training")
         used = {}
         if complete_epochs(output_dir) == list(range(epochs)):
             print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)
@@ -353,6 +411,8 @@ def _run(run_dir: Path, command: list[str]) -> int:
             code, used = _train(output_dir, config, command)
             if code != 0:
                 return code
-        write_manifest(run_dir, output_dir, epochs, {"started": started, **used})
+        # what the DAG compares: the settings of the run's setup this training was rendered from
+        setup = yaml.safe_load((run_dir / "setup_finetune.yaml").read_text())
+        write_manifest(run_dir, output_dir, epochs, {"started": started, "training_digest": training_digest(setup), **used})
     print("snaketune: finetune finished", flush=True)
     return 0

@@ -78,8 +78,8 @@ def _proposed_name(experiment: Experiment, run: Run, varying: list[str]) -> str:
 
 
 def read_registry(experiment_dir: Path) -> dict[str, dict]:
-    """Run directory -> its record: ``key``, ``run_name`` and the ``digests`` of the settings
-    its files were last rendered from."""
+    """Run directory -> its record: the run's ``key`` and ``run_name`` (names only: what is
+    current is decided by the manifests and sidecars the jobs write, see snaketune.state)."""
     folder = experiment_dir / REGISTRY
     if not folder.is_dir():
         return {}
@@ -91,12 +91,12 @@ def load_registry(experiment_dir: Path) -> dict[str, str]:
     return {record["key"]: run_dir for run_dir, record in read_registry(experiment_dir).items()}
 
 
-def record_run(experiment_dir: Path, key: str, run_name: str, run_dir: str, digests: dict | None = None) -> None:
+def record_run(experiment_dir: Path, key: str, run_name: str, run_dir: str) -> None:
     """Remember ``run_dir`` for the run ``key`` (atomic, one file per run so jobs never contend)."""
     folder = experiment_dir / REGISTRY
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{run_dir}.json"
-    payload = json.dumps({"key": key, "run_name": run_name, "digests": digests or {}}, indent=1) + "\n"
+    payload = json.dumps({"key": key, "run_name": run_name}, indent=1) + "\n"
     if target.exists() and json.loads(target.read_text())["key"] != key:
         raise RuntimeError(f"{target} already records another run; refusing to overwrite it")
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:

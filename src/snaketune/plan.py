@@ -52,8 +52,6 @@ class ExperimentPlan:
     experiment: Experiment
     runs: list[RunPlan]
     warnings: list[str]
-    # run directory -> digests of the settings its files were last rendered from
-    rendered: dict[str, dict] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:

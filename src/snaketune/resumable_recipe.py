@@ -35,9 +35,7 @@ from torchtune import config, training
 from torchtune.modules.peft import get_adapter_state_dict, get_lora_module_names, get_merged_lora_ckpt
 
 from snaketune import faults
-
-# The recipe-state key of the generators' states (torchtune keeps every key it does not know).
-RNG_KEY = "snaketune_rng_states"
+from snaketune.state import RECIPE_RNG_KEY as RNG_KEY
 
 
 def _torchtune_recipe():

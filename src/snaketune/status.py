@@ -29,6 +29,8 @@ from snaketune.finetune import ATTEMPT_HEADER, DIVERGED, MANIFEST, OUT_OF_MEMORY
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
 from snaketune.scaffold import eval_log_name
+from snaketune.state import SUCCESS, read_record, sidecar_path
+from snaketune.workflow import evaluation_rerun_reason, training_rerun_reason
 
 FAILED_STATES = ("failed", "preempted", "timeout", "oom", "cancelled")
 # SLURM job states (sacct/squeue) -> our state; COMPLETED is decided by the manifest.
@@ -313,7 +315,12 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     elif slurm_state in ("queued", "running"):
         status.state = slurm_state
     elif manifest is not None:
-        status.state = "completed"
+        outdated = training_rerun_reason(plan, run)
+        status.state = "outdated" if outdated else "completed"
+        if outdated:
+            status.cause = f"outdated: {outdated} (the next run retrains it)"
+        if manifest.get("resumes_exact") is False:
+            status.flags.append("resumed inexactly: " + "; ".join(manifest.get("inexact_resumes") or ["see the manifest"]))
     elif slurm_state:
         status.state = slurm_state
     elif job.get("state") == "COMPLETED" or attempt.strip():
@@ -408,8 +415,14 @@ def _evaluation_status(
     status.job_id = jobs[-1] if jobs else ""
     slurm_state = SLURM_STATES.get(job.get("state", ""), "")
     if log.is_file():
-        status.state = "completed"
         status.completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(log.stat().st_mtime))
+        outdated = evaluation_rerun_reason(plan, run, task, checkpoint)
+        if outdated:
+            failure = (read_record(sidecar_path(log)) or {}).get("status") not in (None, SUCCESS)
+            status.state = "failed" if failure else "outdated"
+            status.cause = outdated if failure else f"outdated: {outdated} (the next run redoes it)"
+            return status
+        status.state = "completed"
         if not scores:
             return status
         try:
@@ -430,7 +443,7 @@ def _evaluation_status(
         cause, detail, _ = diagnose(text)
         status.state = slurm_state or ("oom" if cause == "out of memory" else "failed")
         status.cause = cause or "interrupted (no error in its log)"
-        status.detail = detail
+        status.detail = detail or (read_record(sidecar_path(log)) or {}).get("error") or ""
     return status
 
 
@@ -517,7 +530,7 @@ def table_rows(status: ExperimentStatus) -> list[dict[str, str]]:
         notes += [
             f"eval {e.task}/{e.checkpoint}: {e.state}" + (f" ({e.cause})" if e.cause else "")
             for e in run.evaluations
-            if e.state in FAILED_STATES
+            if e.state in (*FAILED_STATES, "outdated")
         ]
         rows.append(
             {

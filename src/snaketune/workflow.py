@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from snaketune.naming import read_registry
+from snaketune.naming import load_registry
 from snaketune.parse import read_summary
 from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experiment
+from snaketune.scaffold import eval_log_name
+from snaketune.state import (
+    MANIFEST,
+    evaluation_digest,
+    evaluation_outdated,
+    read_record,
+    sidecar_path,
+    training_digest,
+    training_outdated,
+)
 
 
 def load_plan(summary: Path, config: dict) -> ExperimentPlan:
     """Parse the summary and plan every run (at DAG-build time, once per invocation)."""
     experiment = read_summary(summary)
-    records = read_registry(experiment.directory)
-    plan = plan_experiment(experiment, config, {record["key"]: run_dir for run_dir, record in records.items()})
-    plan.rendered = {run_dir: record.get("digests", {}) for run_dir, record in records.items()}
-    return plan
+    return plan_experiment(experiment, config, load_registry(experiment.directory))
 
 
 def workflow_config(configfiles: list[Path] = ()) -> dict:
@@ -35,56 +41,41 @@ def workflow_config(configfiles: list[Path] = ()) -> dict:
     return config
 
 
-def training_settings(run: RunPlan) -> dict:
-    """What decides a training result: a change here retrains the run, nothing else does."""
-    return {key: run.setup[key] for key in ("model", "model_path", "dataset", "system_prompt", "training", "torchtune")}
-
-
-def evaluation_settings(run: RunPlan, task: str) -> dict:
-    """What decides an evaluation's result besides the checkpoint it evaluates."""
-    setup = run.setup
-    evaluation = {key: value for key, value in setup["evaluation"].items() if key != "tasks"}
-    script = setup["evaluation"]["tasks"][task]["script"]
-    return {
-        "task": task,
-        "script": script,
-        "model_path": setup["model_path"],
-        "system_prompt": setup["system_prompt"],
-        "dataset": setup["dataset"],
-        **evaluation,
-    }
-
-
-def _digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
 def settings_digests(run: RunPlan) -> dict:
-    """Digests of what each of the run's jobs depends on, recorded when its files are rendered.
+    """Digests of the settings each of the run's jobs depends on, per the plan.
 
     Computed once per run (cached on the plan): at DAG-build time every job of the run asks.
     """
     if not run.digests:
-        digests = {"evaluation": {task: _digest(evaluation_settings(run, task)) for task in run.setup["evaluation"]["tasks"]}}
+        setup = run.setup
+        digests = {"evaluation": {task: evaluation_digest(setup, task) for task in setup["evaluation"]["tasks"]}}
         if run.fine_tuned:
-            digests["training"] = _digest(training_settings(run))
+            digests["training"] = training_digest(setup)
         run.digests = digests
     return run.digests
 
 
-def training_changed(plan: ExperimentPlan, run: RunPlan) -> bool:
-    """Whether the run's training settings differ from those its files were rendered from."""
-    return plan.rendered.get(run.run_dir, {}).get("training") != settings_digests(run)["training"]
+def training_rerun_reason(plan: ExperimentPlan, run: RunPlan) -> str | None:
+    """Why the run's finished training must be redone, or None (also when it has not finished:
+    Snakemake runs a job whose output is missing by itself)."""
+    manifest = plan.directory / run.run_dir / MANIFEST
+    if not manifest.exists():
+        return None
+    return training_outdated(read_record(manifest), settings_digests(run)["training"])
 
 
-def evaluation_changed(plan: ExperimentPlan, run: RunPlan, task: str) -> bool:
-    rendered = plan.rendered.get(run.run_dir, {}).get("evaluation", {})
-    return rendered.get(task) != settings_digests(run)["evaluation"][task]
+def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, checkpoint: str) -> str | None:
+    """Why an evaluation's existing log must be redone, or None (also when there is no log)."""
+    log = plan.directory / run.run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
+    if not log.exists():
+        return None
+    digests = settings_digests(run)
+    return evaluation_outdated(read_record(sidecar_path(log)), digests["evaluation"][task], digests.get("training"))
 
 
 def scaffold_payload(run: RunPlan) -> str:
     """What the per-run scaffold job needs, as one JSON argument (also its change detector)."""
-    return json.dumps({"key": run.key, "setup": run.setup, "digests": settings_digests(run)})
+    return json.dumps({"key": run.key, "setup": run.setup})
 
 
 def missing_paths(plan: ExperimentPlan) -> list[str]:

@@ -3,6 +3,7 @@ import os
 import re
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 from snakemake.common import overwrite_function_params
@@ -13,12 +14,12 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from snaketune.parse import SummaryError
 from snaketune.render import tune_command
 from snaketune.workflow import (
-    evaluation_changed,
+    evaluation_rerun_reason,
     forced_rerun_notes,
     load_plan,
     missing_paths,
     scaffold_payload,
-    training_changed,
+    training_rerun_reason,
 )
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -126,30 +127,53 @@ def note_forced_rerun():
         logger.warning(f"snaketune: {note}")
 
 
-# Why not params: Snakemake 9 skips every check of a job downstream of a job that reruns
-# (the per-run scaffold job reruns on any change of the run's setup), and then ignores an
-# ancient() edge. So the edge from the rendered files is ancient() exactly when the settings
-# the job depends on are unchanged, and a plain edge (rerun) when they changed.
+_RERUN_NOTES = Counter()
+
+
+def rerun_edge(path, output, why):
+    """The edge from a job's rendered file, given why the job's existing result is outdated.
+
+    The job's own state files decide (the manifest, the sidecars: snaketune.state), never
+    mtimes: a crash can leave a result newer than its inputs yet made with other settings. An
+    outdated result is forced (Snakemake cannot see why: it reads no JSON) and keeps a plain
+    edge, because Snakemake 9 skips every check of a job downstream of a rerunning job and an
+    ancient() edge then stops the rerun from reaching it; a current one gets an ancient()
+    edge, so that a re-rendered file (a summary edit, a policy key) reruns nothing.
+    """
+    if why is None:
+        return ancient(path)
+    if workflow.exec_mode == ExecMode.DEFAULT:
+        workflow.dag.forcefiles.add(output)
+        _RERUN_NOTES[why] += 1
+        if _RERUN_NOTES[why] <= 3:
+            logger.info(f"snaketune: redo {output}: {why}")
+        elif _RERUN_NOTES[why] == 4:
+            logger.info(
+                f"snaketune: (more results to redo because {why} are not listed)"
+            )
+    return path
+
+
 @per_job
 def get_finetune_input(wildcards):
     note_forced_rerun()
     run = run_plan(wildcards)
-    config = f"{wildcards.run}/finetune.yaml"
-    return {"config": config if training_changed(PLAN, run) else ancient(config)}
+    manifest = f"{wildcards.run}/finetune_manifest.json"
+    why = training_rerun_reason(PLAN, run)
+    return {"config": rerun_edge(f"{wildcards.run}/finetune.yaml", manifest, why)}
 
 
 @per_job
 def get_evaluate_input(wildcards):
     note_forced_rerun()
     run = run_plan(wildcards)
-    setup = f"{wildcards.run}/setup_finetune.yaml"
-    inputs = {
-        "setup": (
-            setup if evaluation_changed(PLAN, run, wildcards.task) else ancient(setup)
-        )
-    }
+    log = f"{wildcards.run}/eval/logs/{wildcards.task}_{wildcards.checkpoint}.eval"
+    why = evaluation_rerun_reason(PLAN, run, wildcards.task, wildcards.checkpoint)
+    inputs = {"setup": rerun_edge(f"{wildcards.run}/setup_finetune.yaml", log, why)}
     if run.fine_tuned:
-        inputs["manifest"] = f"{wildcards.run}/finetune_manifest.json"
+        inputs["manifest"] = rerun_edge(
+            f"{wildcards.run}/finetune_manifest.json", log, why
+        )
     return inputs
 
 
