@@ -63,3 +63,11 @@ def uninterrupted(tmp_path_factory, demo_assets):
         return made[settings]
 
     return reference
+
+
+@pytest.fixture(scope="session")
+def crash_experiment(tmp_path_factory, demo_assets):
+    """A small finished experiment to interrupt and change (tests/crash.py), made once per session."""
+    from crash import CrashExperiment
+
+    return CrashExperiment(tmp_path_factory.mktemp("crash"), demo_assets)

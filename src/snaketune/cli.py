@@ -51,7 +51,6 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_scaffold(args: argparse.Namespace) -> int:
     import json
 
-    from snaketune import faults
     from snaketune.naming import record_run
     from snaketune.scaffold import write_run_files
 
@@ -62,7 +61,6 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     # recorded last: a run's name is taken once its files exist
     record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"])
-    faults.reached("scaffold:after-files")
     if setup["type"] == "fine-tuned" and setup["training"]["packing"]:
         print("WARNING: packing on: tokenizer.max_seq_len is an integer, so torchtune 0.6.1 masks the final EOS label")
     return 0
@@ -246,4 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    from snaketune import faults
+
+    faults.reached(f"{args.name}:start")
+    code = args.func(args)
+    faults.reached(f"{args.name}:end")
+    return code

@@ -3,11 +3,13 @@
 ``SNAKETUNE_FAULT=<point>[,<point>…]`` makes the process that reaches one of the named points
 SIGKILL its own process group there: what a power cut, an OOM kill or a ``kill -9`` of the
 whole job leaves behind, at a moment the test chooses instead of one a timer happens to hit.
-Under a local snakemake the group includes the driver (Snakemake starts its jobs in its own
-group), so the rerun starts from exactly that state. Never set in normal use.
+Under a local snakemake the group includes the driver (Snakemake starts local jobs in its own
+process group), so the rerun starts from exactly that state. Never set in normal use.
 
 Points (``tests/test_crash_e2e.py`` and ``make crash-sweep`` use them):
-- ``scaffold:after-files``: a run's files are rendered, the job has not exited;
+- ``<command>:start`` / ``<command>:end`` for every ``python -m snaketune <command>`` (the jobs:
+  ``scaffold``, ``finetune``, ``evaluate``, ``report``): the job has started / has done its work
+  and not exited;
 - ``finetune:before-training``: the training lock is held, nothing trained yet;
 - ``recipe:step-<N>``: optimizer step N is done and logged (mid-epoch);
 - ``recipe:after-epoch-<N>``: epoch N's checkpoint and recipe state are saved;

@@ -452,7 +452,7 @@ def _incomplete(directory: Path, output: Path) -> bool:
     import base64
 
     relative = output.relative_to(directory).as_posix()
-    marker = base64.b64encode(relative.encode()).decode()
+    marker = base64.urlsafe_b64encode(relative.encode()).decode()  # as Snakemake names them
     return (directory / ".snakemake" / "incomplete" / marker).exists()
 
 

@@ -60,6 +60,9 @@ def training_rerun_reason(plan: ExperimentPlan, run: RunPlan) -> str | None:
     Snakemake runs a job whose output is missing by itself)."""
     manifest = plan.directory / run.run_dir / MANIFEST
     if not manifest.exists():
+        # Snakemake would leave it missing when everything downstream looks current
+        if Path(run.setup["training"]["output_dir"]).exists():
+            return "its manifest is missing (its job was interrupted, or the file deleted)"
         return None
     return training_outdated(read_record(manifest), settings_digests(run)["training"])
 
@@ -68,7 +71,10 @@ def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, check
     """Why an evaluation's existing log must be redone, or None (also when there is no log)."""
     log = plan.directory / run.run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
     if not log.exists():
-        return None
+        # Snakemake would leave it missing when the results table looks current
+        return "its log is missing but its sidecar exists (deleted, or the evaluation failed)" if sidecar_path(log).exists() else None
+    if run.fine_tuned and training_rerun_reason(plan, run):
+        return "its run's training is redone"
     digests = settings_digests(run)
     return evaluation_outdated(read_record(sidecar_path(log)), digests["evaluation"][task], digests.get("training"))
 
