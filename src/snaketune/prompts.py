@@ -91,7 +91,7 @@ class Parity:
     run: str
     task: str
     identical: bool
-    train_prompt_tokens: int
+    train_tokens: int  # the whole training sequence (prompt, answer, end tokens)
     eval_prompt_tokens: int
     first_difference: int | None = None
     train_text: str = ""
@@ -108,7 +108,7 @@ class Parity:
             return f"{where}: evaluation prompt is token-identical to training ({self.eval_prompt_tokens} tokens)"
         return (
             f"{where}: the evaluation prompt differs from the training prompt at token {self.first_difference}"
-            f" ({self.eval_prompt_tokens} eval vs {self.train_prompt_tokens} training prompt tokens){': ' + self.note if self.note else ''}."
+            f" ({self.eval_prompt_tokens} eval prompt tokens, {self.train_tokens} training tokens){': ' + self.note if self.note else ''}."
             f"\n  training:   {self.train_text!r}\n  evaluation: {self.eval_text!r}"
         )
 
@@ -219,9 +219,8 @@ def check(setup_path: Path, task: str, finetune: dict | None = None) -> Parity:
     messages = [ChatMessageUser(content=sample.input)] if isinstance(sample.input, str) else list(sample.input)
     users = [message for message in messages if message.role == "user"]
     target = sample.target if isinstance(sample.target, str) else sample.target[0]
-    train, labels, _ = _train_tokens(finetune, users[-1].text if users else "", target)
+    train, _, _ = _train_tokens(finetune, users[-1].text if users else "", target)
     evaluation, hf_tokenizer = _eval_tokens(setup, Path(setup["model_path"]), messages)
-    scored = next((i for i, label in enumerate(labels) if label != -100), len(train))
     difference = next((i for i, (a, b) in enumerate(zip(train, evaluation)) if a != b), None)
     if difference is None and len(evaluation) > len(train):
         difference = len(train)
@@ -234,16 +233,17 @@ def check(setup_path: Path, task: str, finetune: dict | None = None) -> Parity:
     system = [message.text for message in messages if message.role == "system"]
     if system_turn(setup) and (not system or system[0] != (setup.get("system_prompt") or "")):
         note = note or f"the task's system message {system[0] if system else None!r} is not training's {setup.get('system_prompt') or ''!r}"
-    start = max(0, (difference or 0) - 8)
+    # a window around the first difference, in text (a byte-level tokenizer's tokens are characters)
+    start, end = max(0, (difference or 0) - 12), (difference or 0) + 40
     return Parity(
         run=setup["run_dir"],
         task=task,
         identical=difference is None,
-        train_prompt_tokens=scored,
+        train_tokens=len(train),
         eval_prompt_tokens=len(evaluation),
         first_difference=difference,
-        train_text="" if difference is None else hf_tokenizer.decode(train[start : difference + 8]),
-        eval_text="" if difference is None else hf_tokenizer.decode(evaluation[start : difference + 8]),
+        train_text="" if difference is None else hf_tokenizer.decode(train[start:end])[:160],
+        eval_text="" if difference is None else hf_tokenizer.decode(evaluation[start:end])[:160],
         note=note,
     )
 
