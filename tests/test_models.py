@@ -110,7 +110,9 @@ def converted_by_checkpointer(finetune: dict, hub: Path, state: dict, tmp_path: 
     )
     index = hub / "model.safetensors.index.json"
     weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else {key: "model.safetensors" for key in state}
-    monkeypatch.setattr(_checkpointer, "safe_torch_load", lambda path, **_: {k: v for k, v in state.items() if weight_map[k] == Path(path).name})
+    monkeypatch.setattr(
+        _checkpointer, "safe_torch_load", lambda path, **_: {k: v for k, v in state.items() if weight_map[k] == Path(path).name}
+    )
     # load_checkpoint runs gc.collect() after each shard: ~0.3 s each in a test process, 30 shards for a 70B
     monkeypatch.setattr(_checkpointer.gc, "collect", lambda *_: 0)
     return checkpointer.load_checkpoint()["model"]
@@ -182,7 +184,10 @@ def test_base_and_instruct_get_their_own_builders(config):
     assert model_spec("Qwen2.5-7B-Instruct", config["models"], HERE)["builder"].endswith("_7b_instruct")
     assert model_spec("Qwen/Qwen2.5-7B", config["models"], HERE)["builder"].endswith("_7b_base")
     assert model_spec("Qwen2.5-Coder-32B-Instruct", config["models"], HERE)["builder"].endswith("_32b_instruct")
-    assert model_spec("gemma-2-9b-it", config["models"], HERE)["checkpoint_files"] != model_spec("gemma-2-9b", config["models"], HERE)["checkpoint_files"]
+    assert (
+        model_spec("gemma-2-9b-it", config["models"], HERE)["checkpoint_files"]
+        != model_spec("gemma-2-9b", config["models"], HERE)["checkpoint_files"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -302,6 +307,8 @@ def test_planning_warns_when_a_run_cannot_fit_its_gpus(config, tmp_path, model, 
 def test_cpu_runs_are_checked_against_the_jobs_memory(config, tmp_path):
     summary = tmp_path / "experiment_summary.md"
     model = "Llama-3.1-8B-Instruct"
-    summary.write_text(SUMMARY.format(model=model, path=tmp_path / model, dataset=tmp_path / "d.json").replace("**GPUs:** 1", "**GPUs:** 0"))
+    summary.write_text(
+        SUMMARY.format(model=model, path=tmp_path / model, dataset=tmp_path / "d.json").replace("**GPUs:** 1", "**GPUs:** 0")
+    )
     warnings = plan_experiment(read_summary(summary), config, {}).warnings  # mem_mb 32000 < 32 GB of fp32 weights
     assert any("32 GB of fp32 weights: a CPU training with mem_mb 32000 cannot hold them" in w for w in warnings)

@@ -62,12 +62,16 @@ def tokenizer_dir(root: Path, name: str, tokenizer: str, template: str) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    return tokenizer_dir(tmp_path_factory.mktemp("hub"), "Llama-3.2-1B-Instruct", "llama3", (TEMPLATES / "Llama-3.2-Instruct.jinja").read_text())
+    return tokenizer_dir(
+        tmp_path_factory.mktemp("hub"), "Llama-3.2-1B-Instruct", "llama3", (TEMPLATES / "Llama-3.2-Instruct.jinja").read_text()
+    )
 
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory) -> Path:
-    return tokenizer_dir(tmp_path_factory.mktemp("hub"), "Qwen2.5-0.5B-Instruct", "qwen2_5", (TEMPLATES / "Qwen2.5-Instruct.jinja").read_text())
+    return tokenizer_dir(
+        tmp_path_factory.mktemp("hub"), "Qwen2.5-0.5B-Instruct", "qwen2_5", (TEMPLATES / "Qwen2.5-Instruct.jinja").read_text()
+    )
 
 
 def scaffolded(tmp_path: Path, config: dict, model: str, model_dir: Path, script: str = "snaketune", system: str = '""') -> Path:

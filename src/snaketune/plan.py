@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snaketune.naming import run_directories, run_key, short_model_name
+from snaketune.naming import run_directories, run_key
 from snaketune.parse import Experiment, Run, SummaryError
 
 RECIPES = ("lora_finetune_single_device", "lora_finetune_distributed")

@@ -140,7 +140,9 @@ def cache_key(setup: dict, task: str) -> str | None:
     script = task_script(setup, task)
     if not (model_dir / "config.json").is_file() or not script.is_file():
         return None
-    files = {name: [(stat := (model_dir / name).stat()).st_size, stat.st_mtime_ns] for name in TOKENIZER_FILES if (model_dir / name).is_file()}
+    files = {
+        name: [(stat := (model_dir / name).stat()).st_size, stat.st_mtime_ns] for name in TOKENIZER_FILES if (model_dir / name).is_file()
+    }
     decided_by = {
         "model_path": str(model_dir),
         "tokenizer_files": files,
@@ -221,7 +223,7 @@ def check(setup_path: Path, task: str, finetune: dict | None = None) -> Parity:
     target = sample.target if isinstance(sample.target, str) else sample.target[0]
     train, _, _ = _train_tokens(finetune, users[-1].text if users else "", target)
     evaluation, hf_tokenizer = _eval_tokens(setup, Path(setup["model_path"]), messages)
-    difference = next((i for i, (a, b) in enumerate(zip(train, evaluation)) if a != b), None)
+    difference = next((i for i, (a, b) in enumerate(zip(train, evaluation, strict=False)) if a != b), None)
     if difference is None and len(evaluation) > len(train):
         difference = len(train)
     note = ""
@@ -229,7 +231,10 @@ def check(setup_path: Path, task: str, finetune: dict | None = None) -> Parity:
         answer = hf_tokenizer(target, add_special_tokens=False)["input_ids"]
         rest = train[len(evaluation) :]
         if rest[: len(answer)] != answer:
-            difference, note = len(evaluation), "training continues the prompt with more than the target (a header the evaluation prompt lacks?)"
+            difference, note = (
+                len(evaluation),
+                "training continues the prompt with more than the target (a header the evaluation prompt lacks?)",
+            )
     system = [message.text for message in messages if message.role == "system"]
     if system_turn(setup) and (not system or system[0] != (setup.get("system_prompt") or "")):
         note = note or f"the task's system message {system[0] if system else None!r} is not training's {setup.get('system_prompt') or ''!r}"
