@@ -94,9 +94,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
     except (SummaryError, FileNotFoundError) as error:
         print(f"snaketune parity: {error}", file=sys.stderr)
         return 2
-    if args.force:
-        for path in (plan.directory / ".snaketune" / "parity").glob("*.json"):
-            path.unlink()
     mismatches = checked = 0
     for run in plan.runs:
         run_dir = plan.directory / run.run_dir
@@ -106,7 +103,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
             print(f"run {run.run_dir!r}: not scaffolded yet (snakemake scaffold --config experiment={summary})")
             continue
         finetune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
-        findings = check_run(plan.directory, run.setup, run_dir / "setup_finetune.yaml", finetune)
+        findings = check_run(plan.directory, run.setup, run_dir / "setup_finetune.yaml", finetune, recompute=args.force)
         if not findings:
             print(f"run {run.run_dir!r}: the model's files or a task script are not on this machine")
         for parity in findings:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from snaketune.demo import _publish_permissions
+
 STAMP = "snaketune_hub_model.json"
 BUILD_VERSION = "1"
 
@@ -199,6 +201,9 @@ def build_hub_model(published_dir: Path, dest: Path, chat_template: str, tokeniz
         else:
             raise ValueError(f"no synthetic tokenizer {tokenizer!r} (llama3, qwen2_5)")
         (scratch / STAMP).write_text(json.dumps({"recipe": recipe, "build_seconds": round(time.monotonic() - started, 1)}) + "\n")
+        for folder in (scratch, scratch / "original"):
+            if folder.is_dir():
+                _publish_permissions(folder)  # mkdtemp and safetensors make owner-only files
         if dest.exists():
             shutil.rmtree(dest)
         scratch.rename(dest)

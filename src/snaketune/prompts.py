@@ -14,8 +14,9 @@ apart, all silent (measured on the demo: 0.99 -> 0.00 accuracy from a template p
 
 :func:`check` renders one test sample of any task both ways and reports the first difference; the
 per-run scaffold job runs it (:func:`check_run`) and caches its finding in
-``<experiment>/.snaketune/parity/<key>.json``, keyed by what decides both renderings (model files,
-task script, system prompt, tokenizer settings); the driver prints cached mismatches
+``<experiment>/.snaketune/parity/<key>.json`` (and ``~/.cache/snaketune/parity/``, shared by the
+experiments of this machine), keyed by what decides both renderings (the model's tokenizer files,
+task script digest, system prompt, tokenizer settings); the driver prints cached mismatches
 (:func:`cached_warnings`) and ``snaketune parity <experiment>`` prints them all.
 """
 
@@ -257,7 +258,14 @@ def _cache_path(experiment_dir: Path, key: str) -> Path:
     return Path(experiment_dir) / PARITY_DIR / f"{key}.json"
 
 
-def check_run(experiment_dir: Path, setup: dict, setup_path: Path, finetune: dict) -> list[Parity]:
+def _shared_cache_path(key: str) -> Path:
+    """The same finding for every experiment on this machine (the key holds everything it depends on):
+    a new experiment with a checked model and task costs no check."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "snaketune" / "parity" / f"{key}.json"
+
+
+def check_run(experiment_dir: Path, setup: dict, setup_path: Path, finetune: dict, recompute: bool = False) -> list[Parity]:
     """The scaffold job's check: every task of a fine-tuned run whose model files are here, once per
     cache key (runs sharing model, task and prompt settings share the finding)."""
     from snaketune.render import write_atomic
@@ -267,9 +275,10 @@ def check_run(experiment_dir: Path, setup: dict, setup_path: Path, finetune: dic
         key = cache_key(setup, task)
         if key is None:
             continue
-        cached = _cache_path(experiment_dir, key)
-        if cached.is_file():
-            parity = Parity(**json.loads(cached.read_text()))
+        cached, shared = _cache_path(experiment_dir, key), _shared_cache_path(key)
+        known = None if recompute else next((path for path in (cached, shared) if path.is_file()), None)
+        if known:
+            parity = Parity(**json.loads(known.read_text()))
             parity.run = setup["run_dir"]
         else:
             try:
@@ -277,7 +286,13 @@ def check_run(experiment_dir: Path, setup: dict, setup_path: Path, finetune: dic
             except Exception as error:  # a finding, not a failure: the scaffold job's files are written
                 parity = Parity(setup["run_dir"], task, False, 0, 0, error=f"{type(error).__name__}: {error}")
             parity.key = key
-            write_atomic(cached, json.dumps(asdict(parity), indent=1) + "\n")
+            if not parity.error:
+                try:
+                    write_atomic(shared, json.dumps(asdict(parity), indent=1) + "\n")
+                except OSError:
+                    pass  # no writable cache folder: every experiment checks for itself
+        if known != cached:
+            write_atomic(cached, json.dumps(asdict(parity), indent=1) + "\n")  # what the driver reads
         findings.append(parity)
     return findings
 
