@@ -15,6 +15,7 @@ one, and learns nothing.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -165,7 +166,7 @@ def write_random_weights(published: dict, dest: Path, dtype: str = "bfloat16", s
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    config = AutoConfig.for_model(**published)
+    config = AutoConfig.for_model(**copy.deepcopy(published))  # transformers edits rope_scaling in place
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     eos = published.get("eos_token_id")
