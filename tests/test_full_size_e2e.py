@@ -165,7 +165,14 @@ def test_llama_3_2_1b_instruct_resumes_after_a_killed_training(llama_1b, tmp_pat
     snakemake(summary, "--cores", "1", timeout=3600)
     assert_trained_and_evaluated(summary, "torchtune.models.llama3_2.lora_llama3_2_1b", "LLAMA3_2", ["epoch_0", "epoch_1"])
     log = (experiment / "lora" / "logs" / "finetune.log").read_text()
-    assert "resum" in log.lower()
+    assert "resuming from epoch_0" in log and "resume_from_checkpoint=True" in log
+    # torchtune's step count continues: the resumed process logs from step 3 (2 steps per epoch)
+    first_steps = sorted(
+        int(path.read_text().split("Step ", 1)[1].split(" ", 1)[0])
+        for path in (experiment / "ck-outputs" / "ck-out-lora" / "logs").glob("log_*.txt")
+        if "Step " in path.read_text()
+    )
+    assert first_steps == [1, 3], first_steps
 
 
 @pytest.mark.full

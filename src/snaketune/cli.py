@@ -75,8 +75,13 @@ def _check_prompt_parity(experiment_dir: Path, setup: dict) -> None:
     from snaketune.prompts import check_run
 
     run_dir = experiment_dir / setup["run_dir"]
-    finetune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
-    for parity in check_run(experiment_dir, setup, run_dir / "setup_finetune.yaml", finetune):
+    try:
+        finetune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+        findings = check_run(experiment_dir, setup, run_dir / "setup_finetune.yaml", finetune)
+    except Exception as error:  # never fails the job: its files are written and recorded
+        print(f"WARNING: run {setup['run_dir']!r}: prompt parity could not be checked: {type(error).__name__}: {error}")
+        return
+    for parity in findings:
         print(("" if parity.identical else "WARNING: ") + parity.message())
 
 

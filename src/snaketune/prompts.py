@@ -22,6 +22,7 @@ task script digest, system prompt, tokenizer settings); the driver prints cached
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -268,33 +269,44 @@ def _shared_cache_path(key: str) -> Path:
 def check_run(experiment_dir: Path, setup: dict, setup_path: Path, finetune: dict, recompute: bool = False) -> list[Parity]:
     """The scaffold job's check: every task of a fine-tuned run whose model files are here, once per
     cache key (runs sharing model, task and prompt settings share the finding)."""
-    from snaketune.render import write_atomic
-
     findings = []
     for task in setup["evaluation"]["tasks"]:
         key = cache_key(setup, task)
         if key is None:
             continue
-        cached, shared = _cache_path(experiment_dir, key), _shared_cache_path(key)
-        known = None if recompute else next((path for path in (cached, shared) if path.is_file()), None)
-        if known:
-            parity = Parity(**json.loads(known.read_text()))
-            parity.run = setup["run_dir"]
-        else:
-            try:
-                parity = check(setup_path, task, finetune)
-            except Exception as error:  # a finding, not a failure: the scaffold job's files are written
-                parity = Parity(setup["run_dir"], task, False, 0, 0, error=f"{type(error).__name__}: {error}")
-            parity.key = key
-            if not parity.error:
-                try:
-                    write_atomic(shared, json.dumps(asdict(parity), indent=1) + "\n")
-                except OSError:
-                    pass  # no writable cache folder: every experiment checks for itself
-        if known != cached:
-            write_atomic(cached, json.dumps(asdict(parity), indent=1) + "\n")  # what the driver reads
-        findings.append(parity)
+        cached = _cache_path(experiment_dir, key)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # one check per key at a time: parallel scaffold jobs of runs sharing model and task wait
+        # for the first one's finding instead of each loading torchtune and transformers
+        with open(cached.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            findings.append(_finding(cached, key, setup, setup_path, task, finetune, recompute))
     return findings
+
+
+def _finding(cached: Path, key: str, setup: dict, setup_path: Path, task: str, finetune: dict, recompute: bool) -> Parity:
+    """The cached finding (this experiment's, else this machine's), or a new check recorded in both."""
+    from snaketune.render import write_atomic
+
+    shared = _shared_cache_path(key)
+    known = None if recompute else next((path for path in (cached, shared) if path.is_file()), None)
+    if known:
+        parity = Parity(**json.loads(known.read_text()))
+        parity.run = setup["run_dir"]
+    else:
+        try:
+            parity = check(setup_path, task, finetune)
+        except Exception as error:  # a finding, not a failure: the scaffold job's files are written
+            parity = Parity(setup["run_dir"], task, False, 0, 0, error=f"{type(error).__name__}: {error}")
+        parity.key = key
+        if not parity.error:
+            try:
+                write_atomic(shared, json.dumps(asdict(parity), indent=1) + "\n")
+            except OSError:
+                pass  # no writable cache folder: every experiment checks for itself
+    if known != cached:
+        write_atomic(cached, json.dumps(asdict(parity), indent=1) + "\n")  # what the driver reads
+    return parity
 
 
 def cached_warnings(plan) -> list[str]:
