@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -230,6 +231,9 @@ def write_tokenizer_files(component: str, hub: Path, tmp_path: Path) -> None:
                 vocab_size=320,  # above the 256 byte pieces
                 hard_vocab_limit=False,
                 byte_fallback=True,
+                # keep newlines and spaces as Gemma's and Mistral's own models do
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
                 minloglevel=2,
                 user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"],
             )
@@ -262,6 +266,9 @@ def test_rendered_tokenizer_and_dataset_tokenize_a_sample(name, config, tmp_path
     assert "Apple pie" in text(tokenizer.decode(scored))
     assert "apple pie" in text(tokenizer.decode([t for t, label in zip(sample["tokens"], sample["labels"], strict=True) if label == -100]))
     assert len(scored) < len(sample["tokens"])
+    if entry["tokenizer"].get("prompt_template"):  # Gemma: the chat format the entry gives torchtune's tokenizer
+        turns = r"<start_of_turn>user\n\s*apple pie\s*<end_of_turn>\n<start_of_turn>model\n\s*Apple pie\s*<end_of_turn>"
+        assert re.match(turns, text(tokenizer.decode(sample["tokens"])))
 
 
 def test_families_without_a_system_turn_refuse_a_system_prompt(config, tmp_path):
