@@ -276,6 +276,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
     evaluation_defaults = config["evaluation"]
     plans = []
     resolved: dict[tuple[str, Path], str] = {}
+    specs: dict[str, dict] = {}
 
     def resolve(value: str, folder: Path) -> str:
         """resolve_path, once per path (a 1,000-run summary names a handful of paths)."""
@@ -287,7 +288,9 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
         run_dir = directories[run.name]
         settings = _Settings(experiment, run, config["training"])
         where = (experiment.path, run.line)
-        spec = model_spec(run.model, config["models"], where)
+        if run.model not in specs:  # a 1,000-run summary names a handful of models, the config ~40 entries
+            specs[run.model] = model_spec(run.model, config["models"], where)
+        spec = specs[run.model]
         dataset, dataset_format = _dataset(experiment, run, base, resolve)
         system_prompt = settings.raw("system_prompt")
         setup = {
