@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -59,21 +60,25 @@ SUMMARY = """# Experiment: full_size_{slug}
 WORDS = ["apple", "berry", "cherry", "damson", "elder", "fig", "grape", "hazel", "lemon", "mango", "olive", "peach", "quince"]
 
 
-def hub_model(tmp_path_factory, name: str, tokenizer: str, template: str) -> Path:
-    cache = Path(os.environ.get("SNAKETUNE_TEST_ASSETS") or tmp_path_factory.mktemp("hub-models")).absolute()
-    return hub_models.build_hub_model(
-        DATA / "models" / name, cache / "hub" / name, (DATA / "chat_templates" / template).read_text(), tokenizer
-    )
+def hub_model(tmp_path_factory, name: str, tokenizer: str, template: str):
+    """Build (or reuse, under `SNAKETUNE_TEST_ASSETS`) a hub-layout model; one built in the session's
+    temporary folder is deleted at the session's end (pytest keeps the last three such folders)."""
+    kept = os.environ.get("SNAKETUNE_TEST_ASSETS")
+    cache = Path(kept or tmp_path_factory.mktemp("hub-models")).absolute()
+    template_text = (DATA / "chat_templates" / template).read_text()
+    yield hub_models.build_hub_model(DATA / "models" / name, cache / "hub" / name, template_text, tokenizer)
+    if not kept:
+        shutil.rmtree(cache / "hub" / name, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def llama_1b(tmp_path_factory) -> Path:
-    return hub_model(tmp_path_factory, "Llama-3.2-1B-Instruct", "llama3", "Llama-3.2-Instruct.jinja")
+def llama_1b(tmp_path_factory) -> Iterator[Path]:
+    yield from hub_model(tmp_path_factory, "Llama-3.2-1B-Instruct", "llama3", "Llama-3.2-Instruct.jinja")
 
 
 @pytest.fixture(scope="session")
-def qwen_0_5b(tmp_path_factory) -> Path:
-    return hub_model(tmp_path_factory, "Qwen2.5-0.5B-Instruct", "qwen2_5", "Qwen2.5-Instruct.jinja")
+def qwen_0_5b(tmp_path_factory) -> Iterator[Path]:
+    yield from hub_model(tmp_path_factory, "Qwen2.5-0.5B-Instruct", "qwen2_5", "Qwen2.5-Instruct.jinja")
 
 
 def write_experiment(directory: Path, model: str, model_dir: Path, epochs: int = 1, train_rows: int = 4) -> Path:
