@@ -7,7 +7,7 @@ STAMP := $(VENV)/.snaketune-installed
 DEMO := examples/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test lint format clean-demo bench
+.PHONY: venv demo test test-full lint format clean-demo bench
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: venv
 
 test: venv lint
 	$(VENV)/bin/pytest -q
+
+# `make test-full`: the tests CI leaves out (pytest marker `full`): full-size Qwen2.5-0.5B-Instruct, a
+# full-size Llama-3.2-1B resume and both families' parity (README: Supported models; BENCHMARKS.md).
+test-full: venv
+	$(VENV)/bin/pytest -q -m full
 
 lint: venv
 	$(VENV)/bin/ruff check src tests

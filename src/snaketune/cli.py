@@ -63,7 +63,60 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
     record_run(experiment_dir, payload["key"], setup["run_name"], setup["run_dir"])
     if setup["type"] == "fine-tuned" and setup["training"]["packing"]:
         print("WARNING: packing on: tokenizer.max_seq_len is an integer, so torchtune 0.6.1 masks the final EOS label")
+    if setup["type"] == "fine-tuned":
+        _check_prompt_parity(experiment_dir, setup)
     return 0
+
+
+def _check_prompt_parity(experiment_dir: Path, setup: dict) -> None:
+    """The scaffold job's train/eval prompt comparison (snaketune.prompts); the driver reports it."""
+    import yaml
+
+    from snaketune.prompts import check_run
+
+    run_dir = experiment_dir / setup["run_dir"]
+    try:
+        finetune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+        findings = check_run(experiment_dir, setup, run_dir / "setup_finetune.yaml", finetune)
+    except Exception as error:  # never fails the job: its files are written and recorded
+        print(f"WARNING: run {setup['run_dir']!r}: prompt parity could not be checked: {type(error).__name__}: {error}")
+        return
+    for parity in findings:
+        print(("" if parity.identical else "WARNING: ") + parity.message())
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    import yaml
+
+    from snaketune.parse import SummaryError
+    from snaketune.prompts import check_run
+    from snaketune.workflow import load_plan, workflow_config
+
+    summary = Path(args.experiment)
+    summary = summary / "experiment_summary.md" if summary.is_dir() else summary
+    try:
+        plan = load_plan(summary, workflow_config([Path(p) for p in args.configfile]))
+    except (SummaryError, FileNotFoundError) as error:
+        print(f"snaketune parity: {error}", file=sys.stderr)
+        return 2
+    mismatches = checked = 0
+    for run in plan.runs:
+        run_dir = plan.directory / run.run_dir
+        if not run.fine_tuned or not run.setup["evaluation"]["tasks"]:
+            continue
+        if not (run_dir / "finetune.yaml").is_file():
+            print(f"run {run.run_dir!r}: not scaffolded yet (snakemake scaffold --config experiment={summary})")
+            continue
+        finetune = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+        findings = check_run(plan.directory, run.setup, run_dir / "setup_finetune.yaml", finetune, recompute=args.force)
+        if not findings:
+            print(f"run {run.run_dir!r}: the model's files or a task script are not on this machine")
+        for parity in findings:
+            checked += 1
+            mismatches += not parity.identical
+            print(parity.message())
+    print(f"{checked} checked, {mismatches} with evaluation prompts that differ from training")
+    return 1 if mismatches else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -237,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     design.add_argument("--force", action="store_true", help="replace an existing --out file (new design)")
     design.add_argument("--configfile", action="append", default=[], help="config file(s) to plan with, if not the default")
     design.set_defaults(func=cmd_design)
+
+    parity = commands.add_parser(
+        "parity",
+        help="compare each fine-tuned run's evaluation prompt with its training prompt, token by token",
+        description="Render each task's first test sample the way torchtune trains and the way inspect's hf provider "
+        "evaluates, and show where they differ. Findings are cached in <experiment>/.snaketune/parity/. Exit 1 on a mismatch.",
+    )
+    parity.add_argument("experiment", help="experiment directory or its experiment_summary.md")
+    parity.add_argument("--force", action="store_true", help="recompute cached findings")
+    parity.add_argument("--configfile", action="append", default=[], help="the config file(s) the workflow ran with, if not the default")
+    parity.set_defaults(func=cmd_parity)
 
     demo = commands.add_parser("demo", help="build the demo's tiny model and data")
     demo.add_argument("--dest", default="examples/demo")

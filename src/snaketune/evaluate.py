@@ -82,6 +82,8 @@ def _evaluate(setup: dict, setup_path: Path, task: str, checkpoint: str, model_d
     import torch
     from inspect_ai import eval as inspect_eval
 
+    from snaketune.prompts import hf_model_args
+
     gpus = int(setup["resources"]["evaluate"]["gpus"])
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     sampling = {"temperature": evaluation["temperature"]} if evaluation["temperature"] > 0 else {}
@@ -91,7 +93,8 @@ def _evaluate(setup: dict, setup_path: Path, task: str, checkpoint: str, model_d
         logs = inspect_eval(
             os.path.relpath(script),  # inspect treats a task path as a glob: absolute ones fail
             model="hf/local",
-            model_args={"model_path": str(model_dir), "device": device, "do_sample": evaluation["temperature"] > 0},
+            # hf_model_args: the chat template and tokenizer call that give the prompts training had
+            model_args={"model_path": str(model_dir), "device": device, "do_sample": evaluation["temperature"] > 0, **hf_model_args(setup)},
             task_args={"config_path": str(setup_path)},
             log_dir=str(scratch),
             log_format="eval",

@@ -8,12 +8,13 @@ then ``config.yaml``'s ``training``/``evaluation`` defaults.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snaketune.naming import run_directories, run_key, short_model_name
+from snaketune.naming import run_directories, run_key
 from snaketune.parse import Experiment, Run, SummaryError
 
 RECIPES = ("lora_finetune_single_device", "lora_finetune_distributed")
@@ -112,15 +113,57 @@ def epochs_to_evaluate(phrase: str | None, epochs: int, where: tuple[Path, int])
 
 
 def model_spec(model: str, models: list[dict], where: tuple[Path, int]) -> dict:
-    """The config's torchtune mapping entry for a model name."""
-    short = short_model_name(model)
+    """The config's torchtune mapping entry for a model name (matched on its full name, so that an
+    Instruct entry can come before its base model's)."""
+    name = model.rstrip("/").rsplit("/", 1)[-1]
     for entry in models:
-        if re.search(entry["match"], short, re.IGNORECASE):
+        if re.search(entry["match"], name, re.IGNORECASE):
+            if entry.get("unsupported"):
+                raise SummaryError(where[0], where[1], f"model {model!r} cannot be fine-tuned here: {entry['unsupported']}")
             return entry
     raise SummaryError(
         where[0],
         where[1],
-        f"unknown model {model!r}: no entry of config 'models' matches {short!r} (add one with its torchtune builder, tokenizer and model_type)",
+        f"unknown model {model!r}: no entry of config 'models' matches {name!r}; add one to config/config.yaml 'models:' "
+        "(match, builder, model_type, tokenizer, checkpoint_files, params_billions; README: Supported models)",
+    )
+
+
+# Keys of a `models:` entry that only planning reads: they are rendered into no file and stay out of
+# every digest (so adding one never retrains or re-evaluates anything).
+PLANNING_ONLY_KEYS = ("match", "params_billions", "prompt_parity", "chat_template", "unsupported")
+# bf16 on a GPU, fp32 on the CPU (render.finetune_config's dtype)
+BYTES_PER_PARAMETER = {"gpu": 2, "cpu": 4}
+# Headroom over the weights for activations, LoRA optimizer state and CUDA buffers when suggesting a
+# GPU count; the warning itself fires only when the weights alone cannot fit.
+FIT_HEADROOM = 1.25
+
+
+def fit_warning(model: str, spec: dict, gpus: int, resources: dict) -> str | None:
+    """Why a LoRA run clearly cannot fit the memory it is given, or None.
+
+    "Clearly": the model's weights alone exceed it (bf16 on GPUs, sharded across them by the
+    distributed recipe; fp32 in the job's memory on the CPU). Unknown memory: no warning.
+    """
+    billions = spec.get("params_billions")
+    if not billions:
+        return None
+    if gpus == 0:
+        weights_gb = BYTES_PER_PARAMETER["cpu"] * billions
+        memory_gb = int(resources["mem_mb"]) / 1000
+        if weights_gb <= memory_gb:
+            return None
+        return f"model {model} ({billions:g}B parameters) has {weights_gb:.0f} GB of fp32 weights: a CPU training with mem_mb {resources['mem_mb']} cannot hold them"
+    gpu_mem_gb = resources.get("gpu_mem_gb")
+    if gpu_mem_gb in (None, ""):
+        return None
+    weights_gb = BYTES_PER_PARAMETER["gpu"] * billions
+    if weights_gb / gpus <= float(gpu_mem_gb):
+        return None
+    needed = math.ceil(weights_gb * FIT_HEADROOM / float(gpu_mem_gb))
+    return (
+        f"model {model} ({billions:g}B parameters) has {weights_gb:.0f} GB of bf16 weights: {gpus} GPU(s) of {float(gpu_mem_gb):g} GB cannot hold them;"
+        f" use GPUs: {needed} or more (lora_finetune_distributed shards the model across them) or GPUs with more memory"
     )
 
 
@@ -231,6 +274,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
     evaluation_defaults = config["evaluation"]
     plans = []
     resolved: dict[tuple[str, Path], str] = {}
+    specs: dict[str, dict] = {}
 
     def resolve(value: str, folder: Path) -> str:
         """resolve_path, once per path (a 1,000-run summary names a handful of paths)."""
@@ -242,7 +286,9 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
         run_dir = directories[run.name]
         settings = _Settings(experiment, run, config["training"])
         where = (experiment.path, run.line)
-        spec = model_spec(run.model, config["models"], where)
+        if run.model not in specs:  # a 1,000-run summary names a handful of models, the config ~40 entries
+            specs[run.model] = model_spec(run.model, config["models"], where)
+        spec = specs[run.model]
         dataset, dataset_format = _dataset(experiment, run, base, resolve)
         system_prompt = settings.raw("system_prompt")
         setup = {
@@ -257,6 +303,11 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             "system_prompt": "" if system_prompt is None else str(system_prompt),
             "parameters": {key: value for key, value in run.params.items()},
         }
+        if spec.get("system_turn") is False and setup["system_prompt"]:
+            raise SummaryError(
+                *settings.where("system_prompt"),
+                f"model {run.model!r} has no system turn in its chat format (config 'models' entry {spec['match']!r}): remove the System prompt or put it into the inputs",
+            )
         if run.type == "fine-tuned":
             training = _training(settings, config, str(Path(output_base) / f"ck-out-{run_dir}"))
             training["recipe"], warning = _recipe_warning(training["recipe"], training["gpus"])
@@ -294,8 +345,20 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
                 "group": experiment.name,
                 "name": run_dir,
             }
-        setup["torchtune"] = {key: value for key, value in spec.items() if key != "match"}
+        if spec.get("chat_template"):
+            setup["evaluation"]["chat_template"] = spec["chat_template"]
+        setup["torchtune"] = {key: value for key, value in spec.items() if key not in PLANNING_ONLY_KEYS}
         setup["resources"] = stage_resources(config, _summary_gpus(settings))
+        if run.type == "fine-tuned":
+            warning = fit_warning(run.model, spec, setup["training"]["gpus"], setup["resources"]["finetune"])
+            if warning:
+                warnings.append(f"{experiment.path}, line {run.line}: run {run.name!r}: {warning}")
+        if evaluations and spec.get("prompt_parity") != "verified":
+            warnings.append(
+                f"{experiment.path}: model {run.model}: evaluation prompts are not verified to match training prompts for this family"
+                " (torchtune's prompt format vs the checkpoint's chat template); the scaffold job compares them on the model's files"
+                " (`snaketune parity <experiment>`)"
+            )
         setup["environment"] = dict(config["environment"])
         setup["table"] = table_values(experiment, run, setup)
         plans.append(RunPlan(run.name, run_dir, run.type, run_key(run), setup, evaluations))

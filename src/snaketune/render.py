@@ -25,8 +25,14 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "workflow" / "templates"
 # recipe's path into the module it runs ("a/b.py" -> a.b), and a dotted name would lose its
 # last part to os.path.splitext: so the module is given as a path.
 RESUMABLE_RECIPE = "snaketune/resumable_recipe.py"
-# Tokenizer keys of a model mapping that name files inside the model directory.
-TOKENIZER_FILE_KEYS = ("path", "merges_file", "special_tokens_path")
+# Tokenizer keys of a model mapping that name files inside the model directory (phi4_tokenizer names
+# its files vocab_path and merges_path).
+TOKENIZER_FILE_KEYS = ("path", "merges_file", "special_tokens_path", "vocab_path", "merges_path")
+# Builders without an apply_lora_to_output argument: Gemma ties its output projection to the embedding.
+NO_OUTPUT_LORA_BUILDERS = ("torchtune.models.gemma.", "torchtune.models.gemma2.")
+# from_config: arguments of a component builder besides the Llama-style dimensions every one takes,
+# as torchtune name -> (config.json name, its transformers default).
+FROM_CONFIG_EXTRA_ARGS = {"torchtune.models.qwen2.lora_qwen2": {"tie_word_embeddings": ("tie_word_embeddings", False)}}
 
 
 def read_model_config(model_path: str) -> dict | None:
@@ -45,6 +51,8 @@ def _model_component(setup: dict) -> dict:
         "lora_alpha": training["lora_alpha"],
         "lora_dropout": training["lora_dropout"],
     }
+    if spec["builder"].startswith(NO_OUTPUT_LORA_BUILDERS):
+        del component["apply_lora_to_output"]
     if spec.get("from_config"):
         hf = read_model_config(setup["model_path"])
         if hf is None:
@@ -62,12 +70,22 @@ def _model_component(setup: dict) -> dict:
             norm_eps=hf.get("rms_norm_eps", 1e-5),
             rope_base=int(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 500000))),
         )
+        for name, (hf_name, default) in FROM_CONFIG_EXTRA_ARGS.get(spec["builder"], {}).items():
+            component[name] = hf.get(hf_name, default)
     return component
 
 
 def _checkpoint_files(setup: dict) -> list[str]:
-    """The model's weight files: what is on disk when it is here, else the config's list."""
-    on_disk = sorted(p.name for p in Path(setup["model_path"]).glob("*.safetensors"))
+    """The model's weight files: when the model is here, the shards its ``model.safetensors.index.json``
+    names (a hub repo may hold other ``*.safetensors`` too, e.g. Mistral's ``consolidated.safetensors``
+    of the same weights under other names), else its ``*.safetensors``; elsewhere the config's list."""
+    model_dir = Path(setup["model_path"])
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (model_dir / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    on_disk = sorted(p.name for p in model_dir.glob("*.safetensors"))
     return on_disk or list(setup["torchtune"]["checkpoint_files"])
 
 
@@ -78,8 +96,9 @@ def _dataset_component(setup: dict, split: str) -> dict:
         "source": setup["dataset_format"],
         "column_map": {"input": "input", "output": "output"},
         "train_on_input": False,
-        # Always a string: "" gives the empty system turn the chat templates also emit.
-        "new_system_prompt": setup["system_prompt"],
+        # Always a string: "" gives the empty system turn the chat templates also emit; None (no
+        # system message) for families whose chat format has no system turn.
+        "new_system_prompt": None if setup["torchtune"].get("system_turn") is False else setup["system_prompt"],
         "packed": training["packing"],
         "split": "train",
     }

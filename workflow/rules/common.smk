@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
 
 from snaketune.parse import SummaryError
+from snaketune.prompts import cached_warnings as cached_parity_warnings
 from snaketune.render import tune_command
 from snaketune.workflow import (
     evaluation_rerun_reason,
@@ -40,6 +41,11 @@ except (SummaryError, FileNotFoundError) as error:
 
 for warning in PLAN.warnings + missing_paths(PLAN):
     logger.warning(f"snaketune: {warning}")
+
+# What the scaffold jobs found comparing evaluation with training prompts (their logs are not read).
+if workflow.exec_mode == ExecMode.DEFAULT:
+    for warning in cached_parity_warnings(PLAN):
+        logger.warning(f"snaketune: {warning}")
 
 
 # Every run's files live in its directory inside the experiment directory.
