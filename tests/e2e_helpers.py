@@ -68,10 +68,10 @@ def write_summary(
     return path
 
 
-def snakemake(summary: Path, *args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """Run the workflow the way a user does, from the repository root."""
+def snakemake(summary: Path, *args: str, check: bool = True, timeout: float = 1200, **env: str) -> subprocess.CompletedProcess:
+    """Run the workflow the way a user does, from the repository root (``env``: extra variables)."""
     command = [str(SNAKEMAKE), *args, "--config", f"experiment={summary}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **env)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")

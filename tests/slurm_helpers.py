@@ -111,11 +111,11 @@ class SlurmRun:
         return [j for j in self.jobs if j.rule == "evaluate" and j.wildcards.startswith(f"{run_dir}_")]
 
 
-def run_on_sandbox(state: SlurmState, summary: Path, *args: str, timeout: float = 900) -> SlurmRun:
+def run_on_sandbox(state: SlurmState, summary: Path, *args: str, timeout: float = 900, **env: str) -> SlurmRun:
     """`snakemake --profile profiles/slurm --profile profiles/slurm-sandbox` on an experiment."""
     started = time.monotonic()
     try:
-        result = snakemake(summary, *PROFILE_ARGS, *args, check=False, timeout=timeout)
+        result = snakemake(summary, *PROFILE_ARGS, *args, check=False, timeout=timeout, **env)
     except subprocess.TimeoutExpired as error:
         # the killed driver leaves its jobs running: cancel what it had submitted
         output = "".join(part.decode() if isinstance(part, bytes) else part or "" for part in (error.stdout, error.stderr))

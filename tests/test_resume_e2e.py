@@ -1,4 +1,7 @@
-"""Resume, never restart: a killed training continues from its last complete epoch."""
+"""Resume, never restart: a killed training continues from its last complete epoch.
+
+Kills and holds happen at named points (snaketune.faults), never after a wait: what the tests
+see does not depend on how fast the machine trains."""
 
 from __future__ import annotations
 
@@ -18,23 +21,20 @@ from snaketune.finetune import epoch_complete
 pytestmark = pytest.mark.e2e
 
 
-def start(summary: Path, *args: str) -> subprocess.Popen:
+def start(summary: Path, *args: str, fault: str) -> subprocess.Popen:
+    """The workflow in a session of its own, with ``SNAKETUNE_FAULT=fault``."""
     return subprocess.Popen(
         [str(SNAKEMAKE), *args, "--cores", "2", "--config", f"experiment={summary}"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        env=dict(os.environ, HF_HUB_OFFLINE="1", SNAKETUNE_FAULT=fault),
     )
 
 
-def last_step(checkpoints: Path) -> int:
-    """The last step torchtune's DiskLogger wrote ("Step N | loss:..." lines)."""
-    steps = [0]
-    for log in (checkpoints / "logs").glob("*.txt"):
-        steps += [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("Step ")]
-    return max(steps)
+def read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def first_logged(metric_log: Path) -> tuple[int, float]:
@@ -51,12 +51,11 @@ def three_epochs(tmp_path, demo_assets):
 
 def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
     summary, checkpoints = three_epochs
-    process = start(summary, "only/finetune_manifest.json")
-    # kill mid-way through the second epoch: 50 steps an epoch, so step 60 is in epoch 1
-    wait_for(lambda: epoch_complete(checkpoints / "epoch_0") and last_step(checkpoints) >= 60, process)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver, snakemake's job and torchtune alike
-    process.wait()
-    assert not (checkpoints / "epoch_2").exists()
+    # killed mid-way through the second epoch (50 steps an epoch): the driver, snakemake's job
+    # and torchtune alike
+    process = start(summary, "only/finetune_manifest.json", fault="recipe:step-60")
+    assert process.wait(timeout=600) == -signal.SIGKILL
+    assert epoch_complete(checkpoints / "epoch_0") and not (checkpoints / "epoch_1").exists()
     before = digest(checkpoints / "epoch_0")
     status = json.loads(
         subprocess.run(
@@ -87,8 +86,10 @@ def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
 def test_killed_driver_rerun_does_not_train_twice(three_epochs):
     summary, checkpoints = three_epochs
     target = "only/finetune_manifest.json"
-    process = start(summary, target)
-    wait_for(lambda: (checkpoints / "snaketune_fingerprint.json").is_file(), process)
+    release = summary.parent / "release"
+    # the training holds the run's lock, before training, until the test releases it
+    process = start(summary, target, fault=f"finetune:before-training@{release}")
+    wait_for(lambda: "holding at finetune:before-training" in read(summary.parent / "only" / "logs" / "finetune.log"), process)
     os.kill(process.pid, signal.SIGKILL)  # only the driver: its training goes on
     process.wait()
     orphan = json.loads(
@@ -98,7 +99,17 @@ def test_killed_driver_rerun_does_not_train_twice(three_epochs):
     )["runs"][0]
     assert orphan["state"] == "running" and orphan["job_id"].startswith("pid "), orphan  # the lock names the training
     snakemake(summary, "--unlock")
-    snakemake(summary, target, "--cores", "2")
+    rerun = subprocess.Popen(
+        [str(SNAKEMAKE), target, "--cores", "2", "--config", f"experiment={summary}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    attempts = summary.parent / "only" / "logs" / "finetune-attempts.log"
+    wait_for(lambda: "waiting for it to end" in read(attempts), rerun)
+    release.touch()  # the orphan trains all epochs now; the rerun's job waits for its lock
+    assert rerun.wait(timeout=1200) == 0
     log = (summary.parent / "only" / "logs" / "finetune.log").read_text()
     assert "waiting for it to end" in log
     assert "not retraining" in log  # the orphaned training finished the run; no second one
@@ -119,7 +130,8 @@ def test_training_finished_but_marker_missing_is_not_retrained(three_epochs, tmp
 
 def test_second_invocation_is_refused_by_the_lock(three_epochs):
     summary, checkpoints = three_epochs
-    process = start(summary, "only/finetune_manifest.json")
+    # held before training (never released): the first invocation holds Snakemake's lock
+    process = start(summary, "only/finetune_manifest.json", fault=f"finetune:before-training@{summary.parent / 'never'}")
     try:
         wait_for(lambda: (checkpoints / "snaketune_fingerprint.json").is_file(), process)
         second = snakemake(summary, "--cores", "1", check=False)

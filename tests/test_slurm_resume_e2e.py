@@ -1,7 +1,9 @@
 """Resume on SLURM: a preempted training is requeued and resumes; a timed-out one resumes on rerun.
 
 Both on the session's Slurm sandbox (scripts/slurm-sandbox), whose `high` partition preempts
-(REQUEUE) jobs of the default `debug` partition, through `--profile profiles/slurm`.
+(REQUEUE) jobs of the default `debug` partition, through `--profile profiles/slurm`. The first
+attempt holds after a named epoch (snaketune.faults) until SLURM ends it, so what happens does
+not depend on how fast the machine trains.
 """
 
 from __future__ import annotations
@@ -21,10 +23,7 @@ from snaketune.finetune import ATTEMPT_HEADER, ATTEMPTS_LOG, epoch_complete
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
-# An epoch of the tiny model takes ~1.5 s: long enough to preempt after the first one is saved.
-PREEMPTED_EPOCHS = 20
-# Outlasts a 1-minute time limit (Slurm checks limits every ~30 s, and the job starts in ~15 s).
-TIMED_OUT_EPOCHS = 80
+EPOCHS = 4
 
 
 def run_status(experiment: Path) -> dict:
@@ -46,15 +45,17 @@ def attempts(log: Path) -> list[str]:
 
 
 def test_preempted_training_is_requeued_and_resumes(slurm_sandbox, tmp_path, demo_assets):
-    summary = write_summary(tmp_path / "exp", demo_assets, [row("preempted", 8, "1e-3")], epochs=PREEMPTED_EPOCHS)
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("preempted", 8, "1e-3")], epochs=EPOCHS)
     experiment, checkpoints = summary.parent, summary.parent / "ck-outputs" / "ck-out-preempted"
+    # the first attempt holds after epoch_0 (never released); the requeued one resumes past it
+    hold = f"recipe:after-epoch-0@{tmp_path / 'never'}"
     with open(tmp_path / "driver.log", "w") as output:
         driver = subprocess.Popen(
             [str(SNAKEMAKE), "preempted/finetune_manifest.json", *PROFILE_ARGS, "--config", f"experiment={summary}"],
             cwd=REPO,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            env=dict(os.environ, HF_HUB_OFFLINE="1", SNAKETUNE_FAULT=hold),
         )
     try:
         wait_for(lambda: epoch_complete(checkpoints / "epoch_0"), driver, timeout=300)
@@ -90,7 +91,7 @@ def test_preempted_training_is_requeued_and_resumes(slurm_sandbox, tmp_path, dem
         slurm_sandbox.job_ids.add(preemptor)
         wait_for(lambda: sacct([job_id])[job_id]["State"] in ("PENDING", "REQUEUED"), driver, timeout=120)
         before = digest(checkpoints / "epoch_0")
-        assert not (checkpoints / f"epoch_{PREEMPTED_EPOCHS - 1}").exists()
+        assert not (checkpoints / "epoch_1").exists()
         during = run_status(experiment)
         assert during["state"] in ("queued", "preempted") and during["job_id"] == job_id, during
         # Slurm holds a requeued job back for a while; let it start as soon as the node is free
@@ -105,15 +106,19 @@ def test_preempted_training_is_requeued_and_resumes(slurm_sandbox, tmp_path, dem
     assert attempts(log) == [job_id, job_id]  # the same SLURM job, started twice
     assert "resuming from epoch_" in (experiment / "preempted" / "logs" / "finetune.log").read_text()
     assert digest(checkpoints / "epoch_0") == before  # not rewritten
-    assert all(epoch_complete(checkpoints / f"epoch_{n}") for n in range(PREEMPTED_EPOCHS))
+    assert all(epoch_complete(checkpoints / f"epoch_{n}") for n in range(EPOCHS))
     after = run_status(experiment)
     assert after["state"] == "completed" and not after["flags"], after
 
 
 def test_timed_out_training_resumes_when_rerun(slurm_sandbox, tmp_path, demo_assets):
-    summary = write_summary(tmp_path / "exp", demo_assets, [row("slowpoke", 8, "1e-3")], epochs=TIMED_OUT_EPOCHS)
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("slowpoke", 8, "1e-3")], epochs=EPOCHS)
     experiment, checkpoints = summary.parent, summary.parent / "ck-outputs" / "ck-out-slowpoke"
-    first = run_on_sandbox(slurm_sandbox, summary, "slowpoke/finetune_manifest.json", "--set-resources", "finetune:runtime=1")
+    # held after epoch_1 until SLURM's 1-minute limit ends the job
+    hold = f"recipe:after-epoch-1@{tmp_path / 'never'}"
+    first = run_on_sandbox(
+        slurm_sandbox, summary, "slowpoke/finetune_manifest.json", "--set-resources", "finetune:runtime=1", SNAKETUNE_FAULT=hold
+    )
     assert first.result.returncode != 0
     assert first.job("finetune", "slowpoke").state == "TIMEOUT"
 
@@ -122,6 +127,7 @@ def test_timed_out_training_resumes_when_rerun(slurm_sandbox, tmp_path, demo_ass
     assert status["resumable"].startswith("yes: from epoch_"), status
     assert status["action"].startswith("raise resources.<stage>.time") and "--profile profiles/slurm" in status["action"]
     saved = int(status["resumable"].split("epoch_")[1].split()[0])
+    assert saved == 1, status
     before = digest(checkpoints / "epoch_0")
 
     second = run_on_sandbox(slurm_sandbox, summary, "slowpoke/finetune_manifest.json", "--set-resources", "finetune:runtime=30")

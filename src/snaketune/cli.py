@@ -310,7 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from snaketune import faults
 
-    faults.reached(f"{args.name}:start")
+    run_dir = _run_of_job(args)
+    faults.reached(f"{args.name}:start", run_dir)
     code = args.func(args)
-    faults.reached(f"{args.name}:end")
+    faults.reached(f"{args.name}:end", run_dir)
     return code
+
+
+def _run_of_job(args: argparse.Namespace) -> str:
+    """The run directory a job command works on ("" for the others): fault points' scope."""
+    if args.name == "finetune":
+        return Path(args.run_dir).name
+    if args.name == "evaluate":
+        return Path(args.setup).absolute().parent.name
+    if args.name == "scaffold":
+        import json
+
+        return json.loads(args.payload)["setup"]["run_dir"]
+    return ""

@@ -70,7 +70,7 @@ def run(setup_path: Path, task: str, checkpoint: str, out: Path) -> None:
         write_record(sidecar_path(out), {**record, "status": "error", "error": f"{type(error).__name__}: {error}"[:2000]})
         raise
     write_record(sidecar_path(out), {**record, "status": SUCCESS, "error": None, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    faults.reached("evaluate:after-sidecar")
+    faults.reached("evaluate:after-sidecar", setup["run_dir"])
 
 
 def _evaluate(setup: dict, setup_path: Path, task: str, checkpoint: str, model_dir: Path, out: Path) -> None:
@@ -117,6 +117,6 @@ def _evaluate(setup: dict, setup_path: Path, task: str, checkpoint: str, model_d
             print(f"snaketune: kept the previous result as {kept}", flush=True)
         previous.unlink(missing_ok=True)
         os.replace(produced[0], out)
-        faults.reached("evaluate:after-log")
+        faults.reached("evaluate:after-log", setup["run_dir"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -262,9 +262,9 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict 
         "resumes_exact": exact,
         "inexact_resumes": reasons,
     }
-    faults.reached("finetune:before-manifest")
+    faults.reached("finetune:before-manifest", run_dir.name)
     write_record(run_dir / MANIFEST, manifest)
-    faults.reached("finetune:after-manifest")
+    faults.reached("finetune:after-manifest", run_dir.name)
     return manifest
 
 
@@ -403,7 +403,7 @@ def _run(run_dir: Path, command: list[str]) -> int:
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
         prepare(output_dir, config)
-        faults.reached("finetune:before-training")
+        faults.reached("finetune:before-training", run_dir.name)
         used = {}
         if complete_epochs(output_dir) == list(range(epochs)):
             print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)

@@ -86,12 +86,12 @@ def merged_checkpoint(live: dict, rank: int, alpha: float) -> dict:
 class _FaultPoints:
     """The recipe's metric logger, reporting each logged optimizer step to :mod:`snaketune.faults`."""
 
-    def __init__(self, logger):
-        self._logger = logger
+    def __init__(self, logger, run_dir: str):
+        self._logger, self._run_dir = logger, run_dir
 
     def log_dict(self, payload, step) -> None:
         self._logger.log_dict(payload, step)
-        faults.reached(f"recipe:step-{step}")
+        faults.reached(f"recipe:step-{step}", self._run_dir)
 
     def __getattr__(self, name):
         return getattr(self._logger, name)
@@ -115,7 +115,9 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         # last: building the model drew from the generators (LoRA initialisation)
         if self._saved_rng_states is not None:
             restore_rng_states(self._saved_rng_states)
-        self._metric_logger = _FaultPoints(self._metric_logger)
+        # the run directory's name, for run-scoped fault points: checkpoints are ck-out-<run_dir>
+        self._run_dir = Path(cfg.output_dir).name.removeprefix("ck-out-")
+        self._metric_logger = _FaultPoints(self._metric_logger, self._run_dir)
 
     def save_checkpoint(self, epoch: int) -> None:
         """torchtune's save, from copies, with the RNG states in the recipe state."""
@@ -146,7 +148,7 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         self._checkpointer.save_checkpoint(
             state, epoch=epoch, intermediate_checkpoint=intermediate, adapter_only=self._save_adapter_weights_only
         )
-        faults.reached(f"recipe:after-epoch-{epoch}")
+        faults.reached(f"recipe:after-epoch-{epoch}", self._run_dir)
 
 
 @config.parse
