@@ -5,6 +5,7 @@ from collections import Counter
 from snakemake.utils import min_version
 
 from snaketune import journal
+from snaketune.workflow import store_dataset_sizes
 
 min_version("9.0")
 
@@ -33,6 +34,7 @@ rule all:
 # when it has that section. Only the snakemake the user started writes them (never a dry run).
 onstart:
     if workflow.exec_mode == ExecMode.DEFAULT:
+        store_dataset_sizes(PLAN)
         journal.workflow_started(
             PLAN,
             Counter(job.rule.name for job in workflow.dag.needrun_jobs()),

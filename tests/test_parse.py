@@ -187,6 +187,35 @@ BAD = [
     ("no model", lambda t: t.replace("| b | M-1B |", "| b | - |"), 7, "run 'b' has no model"),
     ("bad batch size", lambda t: t + "\n## Configuration\n- **Batch size:** eight\n", 17, "batch size 'eight' is not a whole number"),
     ("bad epochs", lambda t: t + "\n## Configuration\n- **Epochs:** 0\n", 17, "epochs must be positive"),
+    (
+        "huge batch size",
+        lambda t: t + "\n## Configuration\n- **Batch size:** 99999999999999999999\n",
+        17,
+        "batch size 99999999999999999999 is out of range (at most 9223372036854775807)",
+    ),
+    ("huge rank in a row", lambda t: t.replace("| 16 |", "| 9223372036854775808 |"), 7, "lora rank 9223372036854775808 is out of range"),
+    (
+        "unclosed system prompt",
+        lambda t: t + '\n## Configuration\n- **System prompt:** "Answer with the word\n',
+        17,
+        "the System prompt's opening quote \" never closes on its line",
+    ),
+    (
+        "unclosed system prompt cell",
+        lambda t: (
+            t.replace("| Type |", "| System Prompt | Type |")
+            .replace("|---|---|---|---|---|", "|---|---|---|---|---|---|")
+            .replace("| Fine-tuned |", '| "Answer | Fine-tuned |')
+        ),
+        6,
+        "the System Prompt cell's opening quote \" never closes",
+    ),
+    (
+        "unclosed curly system prompt",
+        lambda t: t + "\n## Configuration\n- **System prompt:** “x\n",
+        17,
+        "the System prompt's opening quote “ never closes",
+    ),
     ("bad gpus", lambda t: t + "\n## Configuration\n- **GPUs:** many\n", 17, "gpus 'many' is not a whole number"),
     ("bad epochs to evaluate", lambda t: t + "\n## Evaluation Plan\n- **Epochs to evaluate:** whenever\n", 17, "cannot read which epochs"),
     (

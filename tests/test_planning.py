@@ -68,3 +68,18 @@ def test_training_job_fails_early_where_the_model_is_missing(cluster_summary):
     assert result.returncode != 0
     log = (cluster_summary.parent / "rank4_lr1e-4" / "logs" / "finetune.log").read_text()
     assert "missing on this machine: /data/models/Qwen2.5-0.5B-Instruct" in log
+
+
+def test_a_batch_larger_than_the_training_split_is_warned_about_at_its_line(tmp_path, demo_assets):
+    from e2e_helpers import row, write_summary
+
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("big", 8, "1e-3")])
+    summary.write_text(summary.read_text().replace("- **Batch size:** 8", "- **Batch size:** 1000"))
+    line = summary.read_text().splitlines().index("- **Batch size:** 1000") + 1
+    result = snakemake(summary, "-n")
+    expected = f"{summary}, line {line}: run 'big': batch size 1000 x 1 accumulation is larger than the 'train' split"
+    assert expected in result.stdout + result.stderr and "(400 samples)" in result.stdout + result.stderr
+    assert not (tmp_path / "exp" / ".snaketune").exists()  # a dry run writes no cache
+    snakemake(summary, "scaffold", "--cores", "1")
+    sizes = yaml.safe_load((tmp_path / "exp" / ".snaketune" / "dataset_sizes.json").read_text())
+    assert list(sizes.values()) == [400]  # read once, then served from the cache

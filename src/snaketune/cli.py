@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from snaketune.config_check import ConfigError
+
 
 def _experiment_dir(value: str) -> Path:
     path = Path(value)
@@ -96,7 +98,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     summary = summary / "experiment_summary.md" if summary.is_dir() else summary
     try:
         plan = load_plan(summary, workflow_config([Path(p) for p in args.configfile]))
-    except (SummaryError, FileNotFoundError) as error:
+    except (SummaryError, ConfigError, FileNotFoundError) as error:
         print(f"snaketune parity: {error}", file=sys.stderr)
         return 2
     mismatches = checked = 0
@@ -147,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         found = status.load(Path(args.experiment), [Path(p) for p in args.configfile])
-    except (SummaryError, FileNotFoundError) as error:
+    except (SummaryError, ConfigError, FileNotFoundError) as error:
         print(f"snaketune status: {error}", file=sys.stderr)
         return 2
     if args.write:
@@ -201,7 +203,7 @@ def cmd_design(args: argparse.Namespace) -> int:
                 force=args.force,
                 config=config,
             )
-    except (design.DesignError, OSError) as error:
+    except (design.DesignError, ConfigError, OSError) as error:
         print(f"snaketune design: {error}", file=sys.stderr)
         return 2
     print("\n".join(outcome.messages))

@@ -100,12 +100,17 @@ def count_samples(config: dict) -> int:
         cfg = OmegaConf.create(config)
         tokenizer = tune_config.instantiate(cfg.tokenizer)
         return len(tune_config.instantiate(cfg.dataset, tokenizer))
-    if dataset["source"] == "json":
-        with open(dataset["data_files"]) as handle:
-            return len(json.load(handle)[dataset["field"]])
+    return split_size(dataset["data_files"], dataset["field"] if dataset["source"] == "json" else None)
+
+
+def split_size(path: str, field: str | None) -> int:
+    """Samples of one split: the ``field`` list of a JSON file, or the rows of a parquet file."""
+    if field is not None:
+        with open(path) as handle:
+            return len(json.load(handle)[field])
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(dataset["data_files"]).metadata.num_rows
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def steps_per_epoch(config: dict, processes: int) -> int:

@@ -77,6 +77,9 @@ RUN_TYPES = {
 POSITIVE_INTS = ("lora_rank", "batch_size", "epochs")
 POSITIVE_FLOATS = ("learning_rate", "lora_alpha")
 NON_NEGATIVE_INTS = ("gpus", "seed", "max_tokens")
+# Whole numbers end up in torch tensors, sizes and seeds: they must fit a signed 64-bit integer.
+INT64_MAX = 2**63 - 1
+QUOTES = {'"': '"', "'": "'", "“": "”"}
 
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -196,6 +199,13 @@ def leading_value(text: str) -> str:
     return text.split()[0].rstrip(",;")
 
 
+def check_quoted(reader: _Reader, text: str, line: int, label: str) -> None:
+    """A value that opens a quote must close it on its line (else the quote would be taken as text)."""
+    closing = QUOTES.get(text[:1])
+    if closing and text.rfind(closing) <= 0:
+        raise reader.error(line, f"the {label}'s opening quote {text[0]} never closes on its line: {text!r}")
+
+
 def cell_value(text: str) -> str:
     """A table cell's value: quotes and backticks removed, decorations dropped."""
     text = _strip_decorations(text)
@@ -299,6 +309,8 @@ def check_value(reader: _Reader, key: str, value: str, line: int) -> None:
             raise error(line, f"{label} {value!r} is not a whole number")
         if key in POSITIVE_INTS and int(value) <= 0:
             raise error(line, f"{label} must be positive, got {value}")
+        if int(value) > INT64_MAX:
+            raise error(line, f"{label} {value} is out of range (at most {INT64_MAX})")
     elif key in POSITIVE_FLOATS:
         try:
             number = float(value)
@@ -363,6 +375,8 @@ def _read_runs(reader: _Reader) -> tuple[list[Run], list[str]]:
                 continue
             if _CONTROL.search(value):
                 raise reader.error(row.number, f"{key.replace('_', ' ')} {value!r} contains control characters")
+            if key == "system_prompt":
+                check_quoted(reader, _strip_decorations(cells[headers.index(key)]), row.number, "System Prompt cell")
             check_value(reader, key, value, row.number)
             params[key] = value
         runs.append(Run(name=name, type=run_type, model=model, params=params, line=row.number))
@@ -473,6 +487,7 @@ def _read_config(reader: _Reader) -> tuple[dict[str, str], dict[str, int]]:
             continue
         raw = value.strip()
         if name == "system_prompt":
+            check_quoted(reader, raw, number, "System prompt")
             config[name] = leading_value(raw) if raw[:1] in "\"'“`" else raw
         elif name == "eval_epochs":
             config[name] = raw

@@ -53,6 +53,8 @@ class ExperimentPlan:
     experiment: Experiment
     runs: list[RunPlan]
     warnings: list[str]
+    # dataset split sizes read at planning time (snaketune.workflow.batch_warnings)
+    dataset_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:

@@ -243,8 +243,10 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as handle:
         handle.write(text)
-    if mode is not None:
-        os.chmod(handle.name, mode)
+    # a temporary file is owner-only: give the file the mode a plain open() would (shared clusters)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, (0o666 if mode is None else mode) & ~umask)
     os.replace(handle.name, path)
 
 

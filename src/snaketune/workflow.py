@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from snaketune.config_check import check_config
 from snaketune.naming import load_registry
 from snaketune.parse import read_summary
 from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experiment
@@ -17,6 +18,7 @@ from snaketune.state import (
     sidecar_path,
     training_digest,
     training_outdated,
+    write_record,
 )
 
 
@@ -38,6 +40,7 @@ def workflow_config(configfiles: list[Path] = ()) -> dict:
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())
     for path in configfiles:
         merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    check_config(config)
     return config
 
 
@@ -82,6 +85,55 @@ def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, check
 def scaffold_payload(run: RunPlan) -> str:
     """What the per-run scaffold job needs, as one JSON argument (also its change detector)."""
     return json.dumps({"key": run.key, "setup": run.setup})
+
+
+DATASET_SIZES = Path(".snaketune") / "dataset_sizes.json"
+
+
+def batch_warnings(plan: ExperimentPlan) -> list[str]:
+    """Runs whose batch is larger than their training split: such a training never takes a step.
+
+    For the driver only (the jobs' re-parses must stay cheap): each dataset on this machine is
+    read once, and its size cached by path, size and modification time in
+    ``<experiment>/.snaketune/dataset_sizes.json``, written by :func:`store_dataset_sizes` when
+    the workflow starts (a dry run writes nothing).
+    """
+    from snaketune.finetune import split_size
+
+    known = plan.dataset_sizes
+    known.update(read_record(plan.directory / DATASET_SIZES) or {})
+    warnings = []
+    for run in plan.runs:
+        if not run.fine_tuned:
+            continue
+        setup, training = run.setup, run.setup["training"]
+        split = training["train_split"]
+        path = setup["dataset"] if setup["dataset_format"] == "json" else str(Path(setup["dataset"]) / f"{split}.parquet")
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            continue  # not on this machine: the job checks where it runs
+        key = f"{path}|{split}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in known:
+            try:
+                known[key] = split_size(path, split if setup["dataset_format"] == "json" else None)
+            except Exception:  # an unreadable dataset is the finetune job's error to report
+                continue
+        batch = training["batch_size"] * training["gradient_accumulation_steps"]
+        if batch > known[key]:
+            source = plan.experiment
+            row = next(r for r in source.runs if r.name == run.name)
+            line = row.line if "batch_size" in row.params else source.config_lines.get("batch_size", row.line)
+            warnings.append(
+                f"{source.path}, line {line}: run {run.name!r}: batch size {training['batch_size']} x {training['gradient_accumulation_steps']}"
+                f" accumulation is larger than the {split!r} split of {path} ({known[key]} samples): it would never take a training step"
+            )
+    return warnings
+
+
+def store_dataset_sizes(plan: ExperimentPlan) -> None:
+    if plan.dataset_sizes and plan.dataset_sizes != read_record(plan.directory / DATASET_SIZES):
+        write_record(plan.directory / DATASET_SIZES, plan.dataset_sizes)
 
 
 def missing_paths(plan: ExperimentPlan) -> list[str]:

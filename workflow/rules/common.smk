@@ -11,10 +11,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
 
+from snaketune.config_check import ConfigError, check_config
 from snaketune.parse import SummaryError
 from snaketune.prompts import cached_warnings as cached_parity_warnings
 from snaketune.render import tune_command
 from snaketune.workflow import (
+    batch_warnings,
     evaluation_rerun_reason,
     forced_rerun_notes,
     load_plan,
@@ -23,6 +25,10 @@ from snaketune.workflow import (
     training_rerun_reason,
 )
 
+try:
+    check_config(config)  # first: it names a misspelt key and the key meant
+except ConfigError as error:
+    raise WorkflowError(f"snaketune: {error}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 # The summary path is resolved once, by the snakemake the user started, and handed to the
@@ -42,9 +48,10 @@ except (SummaryError, FileNotFoundError) as error:
 for warning in PLAN.warnings + missing_paths(PLAN):
     logger.warning(f"snaketune: {warning}")
 
-# What the scaffold jobs found comparing evaluation with training prompts (their logs are not read).
+# Driver only (every job re-parses this file): what the scaffold jobs found comparing evaluation
+# with training prompts (their logs are not read), and batches larger than a training split.
 if workflow.exec_mode == ExecMode.DEFAULT:
-    for warning in cached_parity_warnings(PLAN):
+    for warning in cached_parity_warnings(PLAN) + batch_warnings(PLAN):
         logger.warning(f"snaketune: {warning}")
 
 
