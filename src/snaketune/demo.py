@@ -52,7 +52,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Bump whenever anything below changes what gets built: stale assets are rebuilt.
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
+# The copy pre-training runs on one thread: with more, CPU float reductions differ from build to
+# build (measured: two 2-thread builds gave different weights, two 1-thread builds identical
+# ones, in 38 s), and so would every score of the demo.
+BUILD_THREADS = 1
 
 DATA_RELPATH = Path("data") / "wordcase.json"
 MODEL_RELPATH = Path("models") / "tiny-llama-base"
@@ -401,6 +405,7 @@ def _recipe() -> dict[str, Any]:
         "model": asdict(MODEL),
         "copy_training": asdict(COPY),
         "data": asdict(DATA),
+        "threads": BUILD_THREADS,
     }
 
 
@@ -430,6 +435,18 @@ def _build_lock(exp_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _umask() -> int:
@@ -529,7 +546,8 @@ def build_demo_assets(exp_dir: Path, force: bool = False) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         tmp_dir = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.tmp-"))
         try:
-            metrics = _build_model_dir(tmp_dir, data)
+            with _torch_threads(BUILD_THREADS):
+                metrics = _build_model_dir(tmp_dir, data)
             files = sorted(p.name for p in tmp_dir.iterdir())
             stamp = {
                 "recipe": _recipe(),
