@@ -7,7 +7,7 @@ STAMP := $(VENV)/.snaketune-installed
 DEMO := examples/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test test-full lint format clean-demo bench
+.PHONY: venv demo test test-full crash-sweep lint format clean-demo bench
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ test: venv lint
 # full-size Llama-3.2-1B resume and both families' parity (README: Supported models; BENCHMARKS.md).
 test-full: venv
 	$(VENV)/bin/pytest -q -m full
+
+# `make crash-sweep`: the workflow killed at every job start and end (and every save and record in
+# between) while the experiment changes, each rerun compared with the uninterrupted result
+# (tests/test_crash_sweep.py, pytest marker `sweep`; ~1 h on 2 cores; figures in BENCHMARKS.md).
+crash-sweep: venv
+	$(VENV)/bin/pytest -q -m sweep --durations=0
 
 lint: venv
 	$(VENV)/bin/ruff check src tests
