@@ -18,6 +18,7 @@ from e2e_helpers import planned_jobs, snakemake
 from snaketune import cli
 from snaketune.design import DesignError, extend_summary, new_summary
 from snaketune.parse import read_summary
+from snaketune.state import evaluation_digest, sidecar_path, training_digest, write_record
 from snaketune.workflow import load_plan
 
 LLAMA = "Llama-3.2-1B-Instruct=/nowhere/models/Llama-3.2-1B-Instruct"
@@ -273,14 +274,19 @@ def test_extend_refuses_a_factor_the_table_has_no_column_for(tmp_path, config):
 def test_after_extend_the_dry_run_plans_only_the_new_runs(design, config):
     summary = design(grid=["LoRA Rank=4,8", "Learning Rate=1e-4"])
     snakemake(summary, "scaffold", "--cores", "1")
-    # make every run complete the way the DAG sees it: its marker and evaluation logs exist
+    # make every run complete the way the DAG sees it: its manifest and evaluation logs exist,
+    # with the records of the settings they were made with (snaketune.state)
     for run in load_plan(summary, config).runs:
         logs = summary.parent / run.run_dir / "eval" / "logs"
         logs.mkdir(parents=True)
+        trained = training_digest(run.setup) if run.fine_tuned else None
         if run.fine_tuned:
-            (summary.parent / run.run_dir / "finetune_manifest.json").write_text("{}\n")
+            write_record(summary.parent / run.run_dir / "finetune_manifest.json", {"training_digest": trained})
         for evaluation in run.evaluations:
-            (logs / f"{evaluation.task}_{evaluation.checkpoint}.eval").write_text("")
+            log = logs / f"{evaluation.task}_{evaluation.checkpoint}.eval"
+            log.write_text("")
+            record = {"status": "success", "evaluation_digest": evaluation_digest(run.setup, evaluation.task), "training_digest": trained}
+            write_record(sidecar_path(log), record)
     assert planned_jobs(snakemake(summary, "-n").stdout) == {"report": 1, "all": 1}
 
     outcome = extend_summary(summary, grid=["LoRA Rank=4,8,16", "Learning Rate=1e-4,1e-3"], config=config)
