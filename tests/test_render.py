@@ -114,6 +114,9 @@ def test_slurm_script_requests_the_configured_resources(tmp_path, config):
         "#SBATCH --constraint=a100",
         "#SBATCH --qos=short",
         f"#SBATCH --output={run_dir}/logs/finetune-%j.out",
+        # requeued by SLURM (preemption) and by itself before the time limit; appends its output
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
         "module load cuda/12.4",
         "conda activate ttenv",
         f"tune run {RESUMABLE_RECIPE} --config {run_dir}/finetune.yaml",

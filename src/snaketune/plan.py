@@ -235,6 +235,10 @@ def _training(settings: _Settings, config: dict, output_dir: str) -> dict:
         "max_seq_len": int(settings.defaults["max_seq_len"]),
         "seed": settings.int("seed"),
         "log_every_n_steps": int(settings.defaults["log_every_n_steps"]),
+        "save_every_steps": int(settings.defaults["save_every_steps"]),
+        "save_every_minutes": float(settings.defaults["save_every_minutes"]),
+        "requeue_margin_minutes": float(settings.defaults["requeue_margin_minutes"]),
+        "max_requeues": int(settings.defaults["max_requeues"]),
         "output_dir": output_dir,
     }
     return training

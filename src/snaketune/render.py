@@ -25,6 +25,12 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "workflow" / "templates"
 # recipe's path into the module it runs ("a/b.py" -> a.b), and a dotted name would lose its
 # last part to os.path.splitext: so the module is given as a path.
 RESUMABLE_RECIPE = "snaketune/resumable_recipe.py"
+# setup["training"] keys copied into finetune.yaml: step-state saves (the recipe) and
+# self-requeueing before a SLURM time limit (the finetune job). Policy, not training settings.
+INTERRUPTION_KEYS = ("save_every_steps", "save_every_minutes", "requeue_margin_minutes", "max_requeues")
+# The finetune job's own sbatch options: SLURM may requeue it (preemption, or its own
+# `scontrol requeue` before the time limit), and a requeued job appends to its output file.
+FINETUNE_SBATCH_EXTRA = ("--requeue", "--open-mode=append")
 # Tokenizer keys of a model mapping that name files inside the model directory (phi4_tokenizer names
 # its files vocab_path and merges_path).
 TOKENIZER_FILE_KEYS = ("path", "merges_file", "special_tokens_path", "vocab_path", "merges_path")
@@ -161,6 +167,8 @@ def finetune_config(setup: dict) -> dict:
         "enable_activation_offloading": False,
         "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger", "log_dir": f"{output_dir}/logs"},
         "log_every_n_steps": training["log_every_n_steps"],
+        # snaketune's own keys (its recipe and job wrapper read them; torchtune ignores them)
+        **{key: training[key] for key in INTERRUPTION_KEYS},
         "log_peak_memory_stats": on_gpu,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }

@@ -47,7 +47,8 @@ def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
                 f"ft-{setup['run_dir']}",
                 str(run_dir / "logs" / "finetune-%j.out"),
                 f"snaketune:{setup['run_dir']}:finetune",
-            ),
+            )
+            + list(render.FINETUNE_SBATCH_EXTRA),
             environment=activation,
             threads=resources["finetune"]["cpus"],
             run_dir=run_dir,

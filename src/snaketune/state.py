@@ -22,14 +22,16 @@ import hashlib
 import json
 from pathlib import Path
 
-from snaketune.render import write_atomic
+from snaketune.render import INTERRUPTION_KEYS, write_atomic
 
 MANIFEST = "finetune_manifest.json"
 # setup["training"] keys that are policy, not training settings
-TRAINING_POLICY = ("validation", "log_every_n_steps")
+TRAINING_POLICY = ("validation", "log_every_n_steps", *INTERRUPTION_KEYS)
 SUCCESS = "success"
 # The key of the generators' states in torchtune's recipe_state.pt (snaketune's recipe saves them).
 RECIPE_RNG_KEY = "snaketune_rng_states"
+# ...and of the seed of the data order (absent: torchtune's 0, in a state of an older snaketune)
+RECIPE_SAMPLER_SEED_KEY = "snaketune_sampler_seed"
 
 
 def training_settings(setup: dict) -> dict:

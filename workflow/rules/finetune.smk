@@ -1,3 +1,6 @@
+from snaketune.render import FINETUNE_SBATCH_EXTRA
+
+
 rule finetune:
     input:
         unpack(get_finetune_input),
@@ -10,6 +13,7 @@ rule finetune:
     threads: get_threads("finetune")
     resources:
         **get_resources("finetune"),
+        slurm_extra=" ".join(FINETUNE_SBATCH_EXTRA),
     params:
         command=get_tune_command,
     shell:
