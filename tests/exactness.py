@@ -2,8 +2,11 @@
 same training run without interruption.
 
 :func:`train` runs the recipe the way the finetune job does (``tune run
-snaketune/resumable_recipe.py --config …``), directly, once per attempt, killing attempt *i* at
-the fault point ``kills[i]`` (:mod:`snaketune.faults`) and resuming from what it saved.
+snaketune/resumable_recipe.py --config …``), directly, once per attempt, interrupting attempt *i*
+at ``kills[i]``: a fault point (:mod:`snaketune.faults`) that SIGKILLs it, or a :class:`Stop`
+(held at a point until the test sends it a signal, which makes it save a step state and exit).
+Each next attempt resumes from what was saved, as the finetune job decides
+(:func:`snaketune.finetune.resume_point`: an epoch checkpoint or a step state).
 :func:`assert_same_training` compares two trainings: every epoch's adapter weights with
 ``torch.equal`` and every logged step's loss and learning rate exactly. The uninterrupted
 reference of a config is made once per test session (the ``uninterrupted`` fixture in
@@ -18,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,8 @@ TUNE = Path(sys.executable).parent / "tune"
 RECIPE = "snaketune/resumable_recipe.py"
 # torchtune's DiskLogger: "Step 12 | loss:0.38 lr:0.001 tokens_per_second_per_gpu:436.7 "
 STEP_LINE = re.compile(r"^Step (\d+) \| loss:(\S+) lr:(\S+)")
+# torchtune's progress bar in an attempt's output: "<epoch>|<step>|Loss: <loss>"
+PROGRESS = re.compile(r"(\d+)\|(\d+)\|Loss: ")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,15 @@ class Settings:
     lora_dropout: float = 0.1  # > 0: exactness needs the RNG states restored
     learning_rate: float = 1e-3
     threads: int = 1
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Hold the attempt at fault point ``point`` until it has got there, then send it ``signum``."""
+
+    point: str
+    signum: int = signal.SIGTERM
 
 
 @dataclass
@@ -50,6 +65,10 @@ class Training:
     exit_codes: list[int]
     # every "Step N" line of every attempt's metric log: (step, loss text, lr text)
     logged_steps: list[tuple[int, str, str]] = field(default_factory=list)
+    # the optimizer steps each attempt reported, in order (its progress bar)
+    attempt_steps: list[list[int]] = field(default_factory=list)
+    # the tune-run overrides each attempt resumed with
+    resumes: list[list[str]] = field(default_factory=list)
 
     def adapter(self, epoch: int) -> dict:
         from safetensors.torch import load_file
@@ -66,8 +85,9 @@ class Training:
         return {step: (loss, lr) for step, loss, lr in self.logged_steps}
 
 
-def finetune_config(directory: Path, assets: Path, settings: Settings) -> Path:
-    """The finetune.yaml the workflow renders for one tiny-model run, with ``settings``."""
+def finetune_config(directory: Path, assets: Path, settings: Settings, policy: dict | None = None) -> Path:
+    """The finetune.yaml the workflow renders for one tiny-model run, with ``settings`` (and
+    the policy keys ``policy``, e.g. ``save_every_steps``)."""
     from snaketune.parse import read_summary
     from snaketune.plan import plan_experiment
     from snaketune.render import dump_yaml, finetune_config
@@ -78,6 +98,7 @@ def finetune_config(directory: Path, assets: Path, settings: Settings) -> Path:
     config = finetune_config(run.setup)
     output_dir = str(directory / "checkpoints")
     config.update(output_dir=output_dir, batch_size=settings.batch_size, max_steps_per_epoch=settings.steps_per_epoch)
+    config.update(gradient_accumulation_steps=settings.gradient_accumulation_steps, **(policy or {}))
     config["model"]["lora_dropout"] = settings.lora_dropout
     config["checkpointer"]["output_dir"] = output_dir
     config["metric_logger"]["log_dir"] = f"{output_dir}/logs"
@@ -86,35 +107,59 @@ def finetune_config(directory: Path, assets: Path, settings: Settings) -> Path:
     return path
 
 
-def train(directory: Path, assets: Path, settings: Settings, kills: Sequence[str] = ()) -> Training:
-    """Train until done; attempt *i* (0-based) is killed at ``kills[i]``, the next one resumes."""
-    config = finetune_config(directory, assets, settings)
+def train(directory: Path, assets: Path, settings: Settings, kills: Sequence[str | Stop] = (), policy: dict | None = None) -> Training:
+    """Train until done; attempt *i* (0-based) is interrupted at ``kills[i]``, the next one resumes."""
+    from snaketune.finetune import resume_point
+
+    config = finetune_config(directory, assets, settings, policy)
     output_dir = directory / "checkpoints"
+    geometry = {
+        "batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "steps_per_epoch": settings.steps_per_epoch,
+    }
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), HF_HUB_OFFLINE="1")
     env.pop("SNAKETUNE_FAULT", None)
     training = Training(output_dir, [])
     for attempt in range(len(kills) + 1):
         command = [str(TUNE), "run", RECIPE, "--config", str(config)]
         if attempt:
-            command.append("resume_from_checkpoint=True")
-        attempt_env = dict(env, SNAKETUNE_FAULT=kills[attempt]) if attempt < len(kills) else env
-        with open(directory / f"attempt-{attempt}.log", "w") as log:
+            resume = resume_point(output_dir, settings.epochs, geometry)
+            assert resume is not None, f"attempt {attempt - 1} left nothing to resume from"
+            command.append(resume["override"])
+            training.resumes.append(command[5:])
+        kill = kills[attempt] if attempt < len(kills) else None
+        fault = f"{kill.point}@{directory / 'never'}" if isinstance(kill, Stop) else kill
+        attempt_env = dict(env, SNAKETUNE_FAULT=fault) if fault else env
+        log_path = directory / f"attempt-{attempt}.log"
+        with open(log_path, "w") as log:
             # a session of its own: the fault kills this attempt's process group, not pytest
-            code = subprocess.run(
-                command, cwd=REPO, env=attempt_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            ).returncode
+            process = subprocess.Popen(command, cwd=REPO, env=attempt_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            if isinstance(kill, Stop):
+                _wait_for_text(log_path, f"holding at {kill.point} ", process)
+                process.send_signal(kill.signum)
+            code = process.wait(timeout=900)
         training.exit_codes.append(code)
-        expected = -signal.SIGKILL if attempt < len(kills) else 0
+        text = log_path.read_text()
+        training.attempt_steps.append([int(step) for _, step in PROGRESS.findall(text)])
+        expected = 0 if kill is None else 128 + kill.signum if isinstance(kill, Stop) else -signal.SIGKILL
         if code != expected:
-            raise AssertionError(
-                f"attempt {attempt} exited {code}, not {expected}:\n{(directory / f'attempt-{attempt}.log').read_text()[-3000:]}"
-            )
+            raise AssertionError(f"attempt {attempt} exited {code}, not {expected}:\n{text[-3000:]}")
     for log in sorted((output_dir / "logs").glob("log_*.txt"), key=lambda p: int(re.sub(r"\D", "", p.stem))):
         for line in log.read_text().splitlines():
             match = STEP_LINE.match(line)
             if match:
                 training.logged_steps.append((int(match.group(1)), match.group(2), match.group(3)))
     return training
+
+
+def _wait_for_text(path: Path, text: str, process: subprocess.Popen, timeout: float = 900) -> None:
+    """Until ``text`` is in the file (a condition, with a generous ceiling; never a guess of speed)."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert process.poll() is None, f"the attempt ended before {text!r}:\n{path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{text!r} not reached"
+        time.sleep(0.05)
 
 
 def assert_same_training(resumed: Training, reference: Training, epochs: int) -> None:

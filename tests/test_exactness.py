@@ -1,19 +1,25 @@
 """A resumed training equals the uninterrupted one, bit for bit (CPU, same threads and batch).
 
-Real torchtune trainings of the tiny demo model, killed at named points (snaketune.faults) and
-resumed by torchtune's own resume path through snaketune's recipe; LoRA dropout is on, so the
-saved RNG states are part of what is proven.
+Real torchtune trainings of the tiny demo model, killed at named points (snaketune.faults) or
+told to stop by a signal, and resumed through snaketune's recipe from what they saved: an
+epoch checkpoint (torchtune's own resume path) or a step state (mid-epoch); LoRA dropout is
+on, so the saved RNG states are part of what is proven.
 """
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
-from exactness import Settings, assert_same_training, recipe_state, train
+from exactness import Settings, Stop, assert_same_training, recipe_state, train
 
 from snaketune.resumable_recipe import RNG_KEY, merged_checkpoint
+from snaketune.step_state import STEP_STATE
 
 SETTINGS = Settings()
+# two batches per optimizer step: a stop in between drops the first and redoes it
+ACCUMULATING = Settings(epochs=2, steps_per_epoch=3, batch_size=4, gradient_accumulation_steps=2)
 
 
 @pytest.mark.e2e
@@ -25,11 +31,36 @@ def test_resumed_twice_equals_uninterrupted(tmp_path, demo_assets, uninterrupted
 
 
 @pytest.mark.e2e
-def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, demo_assets, uninterrupted):
-    # step 7 is the second step of epoch 1: the resume redoes epoch 1 from epoch_0's state
-    resumed = train(tmp_path, demo_assets, SETTINGS, kills=["recipe:step-7"])
-    assert [step for step, _, _ in resumed.logged_steps].count(7) == 2  # logged by both attempts
+def test_killed_mid_epoch_resumes_from_the_last_step_state(tmp_path, demo_assets, uninterrupted):
+    # a step state every 3 steps; SIGKILL at step 8 (epoch 1): the resume redoes steps 7 and 8
+    resumed = train(tmp_path, demo_assets, SETTINGS, kills=["recipe:step-8"], policy={"save_every_steps": 3})
+    assert resumed.resumes == [["resume_from_step_state=True"]]
+    assert resumed.attempt_steps[1][0] == 7
+    steps = [step for step, _, _ in resumed.logged_steps]
+    assert len(steps) - SETTINGS.epochs * SETTINGS.steps_per_epoch == 2  # at most the save interval more
     assert_same_training(resumed, uninterrupted(SETTINGS), SETTINGS.epochs)
+    assert not (resumed.output_dir / STEP_STATE).exists()  # removed with the epoch that contains it
+
+
+@pytest.mark.e2e
+def test_stopped_by_sigterm_saves_a_step_state_and_resumes_at_that_step(tmp_path, demo_assets, uninterrupted):
+    # stopped after the last step of epoch 0 (before its checkpoint), then mid-epoch 1
+    resumed = train(tmp_path, demo_assets, SETTINGS, kills=[Stop("recipe:step-5"), Stop("recipe:step-7")])
+    assert resumed.exit_codes == [128 + signal.SIGTERM, 128 + signal.SIGTERM, 0]
+    assert resumed.resumes == [["resume_from_step_state=True"]] * 2
+    # the resumed attempts' first steps follow the saved ones: nothing lost, nothing repeated
+    assert [steps[0] for steps in resumed.attempt_steps] == [1, 6, 8]
+    assert [step for step, _, _ in resumed.logged_steps] == list(range(1, 16))
+    assert_same_training(resumed, uninterrupted(SETTINGS), SETTINGS.epochs)
+
+
+@pytest.mark.e2e
+def test_stopped_mid_accumulation_drops_the_partial_step(tmp_path, demo_assets, uninterrupted):
+    # SIGINT after the first of the two batches of step 5 (epoch 1): the state is step 4's
+    resumed = train(tmp_path, demo_assets, ACCUMULATING, kills=[Stop("recipe:batch-5.1", signal.SIGINT)])
+    assert resumed.exit_codes == [128 + signal.SIGINT, 0]
+    assert resumed.attempt_steps[0][-1] == 4 and resumed.attempt_steps[1][0] == 5
+    assert_same_training(resumed, uninterrupted(ACCUMULATING), ACCUMULATING.epochs)
 
 
 def test_saving_a_checkpoint_leaves_the_live_model_unchanged():

@@ -8,7 +8,12 @@
   exactly that state;
 - ``/<run_dir>``: only in the jobs of that run;
 - ``@<file>``: hold there instead (poll until ``<file>`` exists, then go on), so that a test
-  decides how long a job lasts instead of the machine's speed.
+  decides how long a job lasts instead of the machine's speed. A training told to stop
+  (SIGTERM/SIGINT: :func:`release_holds`) also goes on, as if the step it holds in had just
+  ended: a hold that is never released stands for a long step that a preemption or a time
+  limit interrupts.
+The training runs in a process group of its own (the job wrapper forwards signals to it), so
+a kill there also kills the wrapper's group (``SNAKETUNE_JOB_PGID``, set by the wrapper).
 Never set in normal use.
 
 Points (``tests/test_crash_e2e.py`` and ``make crash-sweep`` use them):
@@ -16,7 +21,11 @@ Points (``tests/test_crash_e2e.py`` and ``make crash-sweep`` use them):
   ``scaffold``, ``finetune``, ``evaluate``, ``report``): the job has started / has done its work
   and not exited;
 - ``finetune:before-training``: the training lock is held, nothing trained yet;
-- ``recipe:step-<N>``: optimizer step N is done and logged (mid-epoch);
+- ``recipe:batch-<N>.<k>``: the k-th batch of optimizer step N has been through backward,
+  step N is not taken yet (k < gradient accumulation: mid-accumulation);
+- ``recipe:step-<N>``: optimizer step N is done, logged, and saved if a step state was due;
+- ``recipe:step-state-written``: a step state's temporary file is written and synced, not yet
+  renamed into place;
 - ``recipe:after-epoch-<N>``: epoch N's checkpoint and recipe state are saved;
 - ``finetune:before-manifest`` / ``finetune:after-manifest``: every epoch is saved;
   the manifest is not written yet / is written, the job has not exited;
@@ -26,11 +35,21 @@ Points (``tests/test_crash_e2e.py`` and ``make crash-sweep`` use them):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 
 ENV = "SNAKETUNE_FAULT"
+# The job wrapper's process group, in the environment of the training it starts.
+JOB_GROUP_ENV = "SNAKETUNE_JOB_PGID"
+_released = False
+
+
+def release_holds() -> None:
+    """End every hold of this process now (a training that was told to stop); safe in a signal handler."""
+    global _released
+    _released = True
 
 
 def reached(point: str, run_dir: str = "") -> None:
@@ -45,8 +64,12 @@ def reached(point: str, run_dir: str = "") -> None:
             continue
         if release:
             print(f"snaketune: fault injection: holding at {point} until {release} exists", flush=True)
-            while not os.path.exists(release):
+            while not os.path.exists(release) and not _released:
                 time.sleep(0.2)
             return
         print(f"snaketune: fault injection: SIGKILL of the process group at {point}", flush=True)
+        job_group = int(os.environ.get(JOB_GROUP_ENV) or 0)
+        if job_group and job_group != os.getpgrp():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job_group, signal.SIGKILL)
         os.killpg(os.getpgrp(), signal.SIGKILL)
