@@ -1,4 +1,5 @@
-"""Resume, never restart: a killed training continues from its last complete epoch.
+"""Resume, never restart: a killed training continues from its last complete epoch, a stopped
+one (Ctrl-C, SIGTERM) from the step state it saved on the way out.
 
 Kills and holds happen at named points (snaketune.faults), never after a wait: what the tests
 see does not depend on how fast the machine trains."""
@@ -16,7 +17,8 @@ import pandas as pd
 import pytest
 from e2e_helpers import REPO, SNAKEMAKE, digest, row, snakemake, wait_for, write_summary
 
-from snaketune.finetune import epoch_complete
+from snaketune.finetune import ATTEMPTS, epoch_complete
+from snaketune.step_state import STEP_STATE
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +83,46 @@ def test_sigkill_during_the_second_epoch_resumes_from_the_first(three_epochs):
     assert starts[1][1] < starts[0][1]  # the cosine schedule's LR there, not its initial LR again
     results = pd.read_csv(summary.parent / "results" / "results.csv")
     assert sorted(results["epoch"]) == [0, 1, 2]  # all three epochs evaluated
+
+
+def test_ctrl_c_of_a_local_training_saves_a_step_state_and_the_rerun_resumes_there(tmp_path, demo_assets):
+    from crash import small_dataset
+
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("only", 8, "1e-3")], epochs=2)
+    dataset = small_dataset(demo_assets, tmp_path / "data")  # 5 steps an epoch
+    summary.write_text(summary.read_text().replace(str(demo_assets / "data" / "wordcase.json"), str(dataset)))
+    checkpoints, log = tmp_path / "exp" / "ck-outputs" / "ck-out-only", tmp_path / "exp" / "only" / "logs" / "finetune-attempts.log"
+    # held after step 7 (mid-epoch 1) until the stop releases it, as a long step would end
+    process = start(summary, "only/finetune_manifest.json", fault=f"recipe:step-7@{tmp_path / 'never'}")
+    wait_for(lambda: "holding at recipe:step-7" in read(log), process)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the driver's process group
+    assert process.wait(timeout=600) != 0
+    # the job forwarded it, kept passing the training's output through and waited for it to save
+    assert "saved a step state at step 7 (epoch 2, stopping on SIGINT)" in read(log)
+    (first,) = json.loads((checkpoints / ATTEMPTS).read_text())["attempts"]
+    assert (first["stopped_by"], first["exit_code"], first["saved_step"], first["reached_step"]) == ("SIGINT", 130, 7, 7), first
+    assert (checkpoints / STEP_STATE).is_file() and epoch_complete(checkpoints / "epoch_0")
+    stopped = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
+        ).stdout
+    )["runs"][0]
+    assert stopped["state"] == "failed" and stopped["cause"] == "stopped", stopped
+    assert stopped["resumable"] == "yes: from the step state at step 7 (epoch 2 of 2)", stopped
+
+    snakemake(summary, "--unlock")
+    snakemake(summary, "only/finetune_manifest.json", "--cores", "2")
+    assert "resuming from the step state at step 7" in read(summary.parent / "only" / "logs" / "finetune.log")
+    newest = max(checkpoints.glob("logs/log_*.txt"), key=lambda path: int(path.stem[4:]))
+    assert first_logged(newest)[0] == 8  # the step after the saved one
+    assert not (checkpoints / STEP_STATE).exists()
+    done = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
+        ).stdout
+    )["runs"][0]
+    assert done["state"] == "completed" and done["resumed"] == "resumed at step 7 of epoch 2 (attempt 2)", done
+    assert [(i["by"], i["steps_lost"]) for i in done["interruptions"]] == [("SIGINT", 0)], done
 
 
 def test_killed_driver_rerun_does_not_train_twice(three_epochs):

@@ -5,7 +5,13 @@ Snakemake only sees the small manifest this job writes at the end; the checkpoin
 - never trains a run twice at once: a lock beside the checkpoint directory makes a second
   job wait for the first, then use or resume from what it saved;
 - moves aside (never deletes) checkpoints made from a different config (a fingerprint);
-- resumes from ``recipe_state/recipe_state.pt`` when a previous attempt left one;
+- resumes from the newest state a previous attempt saved: an epoch checkpoint with
+  ``recipe_state/recipe_state.pt``, or a step state saved mid-epoch (:mod:`snaketune.step_state`);
+- stops the training cleanly when told to: SIGTERM/SIGINT are forwarded to the training's
+  process group, whose recipe then saves a step state and exits; the job keeps passing its
+  output through and holds the training lock until it has exited;
+- on SLURM, saves a step state ``requeue_margin_minutes`` before the job's time limit and
+  requeues its own job (``scontrol requeue``), at most ``max_requeues`` times per training;
 - computes ``max_steps_per_epoch`` from the data (torchtune restores its step counter and
   LR schedule on resume only when it is set);
 - relaunches a training that ran out of memory with half the batch size and twice the
@@ -16,7 +22,13 @@ Snakemake only sees the small manifest this job writes at the end; the checkpoin
   was exact (same batch, threads and saved RNG states as the uninterrupted run would have).
 
 Every attempt starts with an ``ATTEMPT_HEADER`` line in the run's log (the latest attempt:
-``snaketune status`` reads it) and in ``logs/finetune-attempts.log`` (all attempts).
+``snaketune status`` reads it) and in ``logs/finetune-attempts.log`` (all attempts). Each one is
+recorded in ``<checkpoints>/snaketune_attempts.json``: where it resumed, its batch geometry,
+and when it ended, how (exit code, what stopped it), the last step it reached and the newest
+state saved by then (the work an interruption lost), and whether it requeued its SLURM job.
+
+``SNAKETUNE_END_TIME_REFRESH_SECONDS`` (default 300) is how often a SLURM job's end time is
+re-read (``scontrol update TimeLimit=`` moves it); tests shorten it.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ import hashlib
 import json
 import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -36,16 +50,18 @@ from pathlib import Path
 
 import yaml
 
-from snaketune import faults
-from snaketune.render import write_atomic
+from snaketune import faults, step_state
+from snaketune.render import INTERRUPTION_KEYS, RESUMABLE_RECIPE, write_atomic
 from snaketune.state import MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
 
 FINGERPRINT = "snaketune_fingerprint.json"
 # Every attempt of the run's training (this job's and earlier ones'), beside the checkpoints.
 ATTEMPTS = "snaketune_attempts.json"
 # Keys that may differ between a run's attempts without making its checkpoints another
-# training's: the resume switches, and how and where metrics are logged (turning W&B on or off).
-RESUME_KEYS = ("resume_from_checkpoint", "max_steps_per_epoch", "metric_logger", "log_every_n_steps")
+# training's: the resume switches, how and where metrics are logged (turning W&B on or off),
+# and when the training saves step states and requeues itself.
+RESUME_KEYS = ("resume_from_checkpoint", "resume_from_step_state", "max_steps_per_epoch", "metric_logger", "log_every_n_steps")
+RESUME_KEYS += INTERRUPTION_KEYS
 ATTEMPT_HEADER = "snaketune: finetune attempt started"
 ATTEMPTS_LOG = "finetune-attempts.log"
 MAX_OOM_RETRIES = 3
@@ -56,6 +72,14 @@ DIVERGED = "the loss is NaN/Inf (the training diverged)"
 NON_FINITE_LOSS = re.compile(rb"Loss: (?:nan|-?inf)\b", re.IGNORECASE)
 OUT_OF_MEMORY_TEXT = r"out of memory|OutOfMemoryError|can't allocate memory|\bMemoryError\b|oom[-_]kill"
 OUT_OF_MEMORY = re.compile(OUT_OF_MEMORY_TEXT.encode(), re.IGNORECASE)
+# torchtune's progress bar: "<epoch>|<global step>|Loss: <loss>"
+PROGRESS = re.compile(rb"(\d+)\|(\d+)\|Loss: ")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+TIME_LIMIT = "the SLURM time limit"
+END_TIME_REFRESH_SECONDS = float(os.environ.get("SNAKETUNE_END_TIME_REFRESH_SECONDS") or 300)
+# After `scontrol requeue`, SLURM ends this job with SIGTERM: how long to wait for it.
+REQUEUE_WAIT_SECONDS = 300
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class FinetuneError(RuntimeError):
@@ -175,25 +199,82 @@ def read_recipe_state(state: Path) -> dict | None:
         return None
 
 
-def resume_point(output_dir: Path, epochs: int) -> dict | None:
-    """Where a previous attempt can be continued from, ``{"epoch": N, "rng_restored": bool}``
-    (the last complete epoch, and whether its recipe state holds the RNG states an exact resume
-    needs), or None to start fresh.
+def newest_state(output_dir: Path, epochs: int, geometry: dict) -> tuple[dict | None, bool, str]:
+    """The newest saved state a training with ``geometry`` (``batch_size``,
+    ``gradient_accumulation_steps``, ``steps_per_epoch``) can continue from; whether the step
+    state on disk is stale (older than the newest epoch checkpoint); and why it cannot be
+    continued from when it cannot ("" when there is none or it can).
 
-    torchtune resumes the adapter of the highest ``epoch_N`` directory with the optimizer and
-    dataloader state of ``recipe_state.pt``: both must describe the same epoch, so epoch
-    directories newer than the recipe state (a save killed half-way) are set aside first.
+    A state is ``{"resumed_from": N | "step_state", "epoch": the epoch it continues in (0-based),
+    "step": the optimizer steps it contains, "saved_at": unix time, "rng_restored": bool,
+    "override": the tune-run override that resumes from it}``. An epoch checkpoint counts when
+    ``recipe_state.pt`` describes it and it is complete (torchtune resumes the adapter of the
+    highest ``epoch_N`` with the optimizer of ``recipe_state.pt``); a step state when it was made
+    with the same batch geometry and every epoch before it is complete.
     """
-    state = read_recipe_state(output_dir / "recipe_state" / "recipe_state.pt") or {}
-    epochs_run = int(state.get("epochs_run", 0))
-    if not epochs_run or epochs_run >= epochs or epochs_run - 1 not in complete_epochs(output_dir):
+    done = complete_epochs(output_dir)
+    recipe_path = output_dir / "recipe_state" / "recipe_state.pt"
+    recipe = read_recipe_state(recipe_path) or {}
+    epochs_run = int(recipe.get("epochs_run", 0))
+    epoch = None
+    if epochs_run and epochs_run < epochs and epochs_run - 1 in done:
+        steps = int(recipe.get("max_steps_per_epoch") or geometry["steps_per_epoch"])
+        epoch = {
+            "resumed_from": epochs_run - 1,
+            "epoch": epochs_run,
+            "step": epochs_run * steps,
+            "saved_at": recipe_path.stat().st_mtime,
+            "rng_restored": RECIPE_RNG_KEY in recipe,
+            "override": "resume_from_checkpoint=True",
+        }
+    found = step_state.describe(output_dir / step_state.STEP_STATE)
+    if found is None:
+        return epoch, False, ""
+    if epoch is not None and found[step_state.GLOBAL_STEP] <= epoch["step"]:
+        return epoch, True, f"epoch_{epochs_run - 1} is newer"
+    made = {key: found[key] for key in geometry}
+    if made != geometry:
+        return epoch, False, f"it was made with {made}, this attempt trains with {geometry}"
+    if found[step_state.EPOCH] >= epochs or any(n not in done for n in range(found[step_state.EPOCH])):
+        return epoch, False, "an epoch checkpoint before it is missing or incomplete"
+    return (
+        {
+            "resumed_from": "step_state",
+            "epoch": found[step_state.EPOCH],
+            "step": found[step_state.GLOBAL_STEP],
+            "saved_at": found[step_state.SAVED_AT],
+            "rng_restored": True,
+            "override": "resume_from_step_state=True",
+        },
+        False,
+        "",
+    )
+
+
+def resume_point(output_dir: Path, epochs: int, geometry: dict) -> dict | None:
+    """Where a previous attempt can be continued from (:func:`newest_state`), or None to start
+    fresh. Epoch directories from the epoch it continues in on (a save killed half-way) are set
+    aside first, and a stale step state is removed."""
+    state, stale, why = newest_state(output_dir, epochs, geometry)
+    if why:
+        print(f"snaketune: not resuming from {step_state.STEP_STATE}: {why}", flush=True)
+    if stale:
+        step_state.remove(output_dir / step_state.STEP_STATE)
+    if state is None:
         return None
     for path in output_dir.glob("epoch_*"):
         suffix = path.name.removeprefix("epoch_")
-        if suffix.isdigit() and int(suffix) >= epochs_run:
+        if suffix.isdigit() and int(suffix) >= state["epoch"]:
             _quarantine(path)
-    print(f"snaketune: resuming from epoch_{epochs_run - 1} (recipe_state present)", flush=True)
-    return {"epoch": epochs_run - 1, "rng_restored": RECIPE_RNG_KEY in state}
+    if state["resumed_from"] == "step_state":
+        saved = time.strftime(TIME_FORMAT, time.localtime(state["saved_at"]))
+        print(
+            f"snaketune: resuming from the step state at step {state['step']} (epoch {state['epoch'] + 1} of {epochs}, saved {saved})",
+            flush=True,
+        )
+    else:
+        print(f"snaketune: resuming from epoch_{state['resumed_from']} (recipe_state present)", flush=True)
+    return state
 
 
 def _quarantine(path: Path) -> None:
@@ -214,30 +295,135 @@ def _cgroup_oom_kills() -> int | None:
     return int(counts.get("oom_kill", 0))
 
 
-def run_training(command: list[str], env: dict) -> tuple[int, str]:
-    """Run ``tune run``, passing its output through. Returns its exit code and what went
-    wrong: "" , ``OUT_OF_MEMORY_FAILURE`` or ``DIVERGED`` (stopped at the first NaN/Inf loss:
-    torchtune would train on, and save, garbage)."""
+def slurm_end_time(job_id: str) -> float | None:
+    """When a SLURM job reaches its time limit (unix time), or None (no limit, no SLURM)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        return time.mktime(time.strptime(out.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # "Unknown", "N/A": no time limit
+        return None
+
+
+class Supervisor:
+    """Tells the training to stop, by SIGTERM/SIGINT to its process group: when this job
+    receives one of those (forwarded), or ``margin`` seconds before the SLURM job ``job_id``
+    reaches its time limit. What stopped it: ``stopped_by`` (a signal's name or ``TIME_LIMIT``)."""
+
+    def __init__(self, job_id: str | None = None, margin: float = 0) -> None:
+        self.child: subprocess.Popen | None = None
+        self.stopped_by: str | None = None
+        self.signal: int | None = None  # the first stop signal this job received
+        self._job_id, self._margin = job_id, margin
+        self._end: float | None = None
+        self._next_refresh = float("inf")
+        if job_id and margin:
+            end = slurm_end_time(job_id)
+            if end is not None and end - margin <= time.time():
+                print(
+                    f"snaketune: SLURM job {job_id} ends at {time.strftime(TIME_FORMAT, time.localtime(end))}, in less than "
+                    f"requeue_margin_minutes ({margin / 60:g}): no step state and requeue before its time limit in this job",
+                    flush=True,
+                )
+            elif end is not None:
+                self._end, self._next_refresh = end, time.monotonic() + END_TIME_REFRESH_SECONDS
+                print(f"snaketune: SLURM job {job_id} ends at {time.strftime(TIME_FORMAT, time.localtime(end))}", flush=True)
+
+    def install(self) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # no printing here: the main thread may be inside a write to the same stream
+        if self.signal is None:
+            self.signal = signum
+            self.stopped_by = self.stopped_by or signal.Signals(signum).name
+        self._tell(signum)
+
+    def _tell(self, signum: int) -> None:
+        if self.child is not None and self.child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signum)
+
+    def timeout(self) -> float | None:
+        """Seconds until the clock needs a look (the deadline or the next end-time refresh)."""
+        if self._end is None or self.stopped_by:
+            return None
+        return max(0.0, min(self._end - self._margin - time.time(), self._next_refresh - time.monotonic()))
+
+    def check(self) -> None:
+        """Refresh the job's end time when due; stop the training at end - margin."""
+        if self._end is None or self.stopped_by:
+            return
+        if time.monotonic() >= self._next_refresh:
+            self._end = slurm_end_time(self._job_id) or self._end
+            self._next_refresh = time.monotonic() + END_TIME_REFRESH_SECONDS
+        if time.time() >= self._end - self._margin:
+            self.stopped_by = TIME_LIMIT
+            print(
+                f"\nsnaketune: SLURM job {self._job_id} ends at {time.strftime(TIME_FORMAT, time.localtime(self._end))}: "
+                "stopping the training to save a step state and requeue the job",
+                flush=True,
+            )
+            self._tell(signal.SIGTERM)
+
+
+def run_training(command: list[str], env: dict, supervisor: Supervisor) -> tuple[int, str, int | None]:
+    """Run ``tune run`` in a process group of its own, passing its output through. Returns its
+    exit code, what went wrong ("", ``OUT_OF_MEMORY_FAILURE`` or ``DIVERGED``: stopped at the
+    first NaN/Inf loss, torchtune would train on, and save, garbage) and the last optimizer
+    step it reported."""
     kills_before = _cgroup_oom_kills()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own group: the job's signals reach it once, through the supervisor (a terminal's
+    # Ctrl-C would otherwise reach it twice), and torchrun's workers with it
+    process = subprocess.Popen(
+        command,
+        env=dict(env, **{faults.JOB_GROUP_ENV: str(os.getpgrp())}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    supervisor.child = process
+    if supervisor.signal is not None:  # told to stop before it started
+        supervisor._tell(supervisor.signal)
     tail = b""
     diverged = False
-    while chunk := os.read(process.stdout.fileno(), 65536):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-        tail = (tail + chunk)[-65536:]
-        if not diverged and NON_FINITE_LOSS.search(tail):
-            diverged = True
-            print(f"\nsnaketune: {DIVERGED}: stopping the training", flush=True)
-            process.terminate()
+    reached = None
+    passing = True
+    while True:
+        ready, _, _ = select.select([process.stdout], [], [], supervisor.timeout())
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            if passing:
+                try:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                except OSError:  # the log is gone: keep draining, or the training blocks on its output
+                    passing = False
+            tail = (tail + chunk)[-65536:]
+            steps = PROGRESS.findall(tail[-len(chunk) - 64 :])
+            if steps:
+                reached = int(steps[-1][1])
+            if not diverged and NON_FINITE_LOSS.search(tail):
+                diverged = True
+                print(f"\nsnaketune: {DIVERGED}: stopping the training", flush=True)
+                # SIGKILL: a stop signal would make the recipe save the diverged weights
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        supervisor.check()
     code = process.wait()
+    supervisor.child = None
     if diverged:
-        return code or 1, DIVERGED
+        return code or 1, DIVERGED, reached
     if code == 0:
-        return 0, ""
+        return 0, "", reached
     kills_after = _cgroup_oom_kills()
     killed = kills_before is not None and kills_after is not None and kills_after > kills_before
-    return code, OUT_OF_MEMORY_FAILURE if killed or OUT_OF_MEMORY.search(tail) else ""
+    return code, OUT_OF_MEMORY_FAILURE if killed or OUT_OF_MEMORY.search(tail) else "", reached
 
 
 def smaller_batch(batch_size: int, accumulation: int) -> tuple[int, int] | None:
@@ -279,15 +465,126 @@ def record_attempt(output_dir: Path, attempt: dict) -> None:
     write_record(path, {"attempts": [*(read_record(path) or {}).get("attempts", []), attempt]})
 
 
+def update_attempt(output_dir: Path, fields: dict) -> None:
+    """Add ``fields`` to the latest attempt of the record (how it ended)."""
+    path = output_dir / ATTEMPTS
+    attempts = (read_record(path) or {}).get("attempts", [])
+    if attempts:
+        attempts[-1].update(fields)
+        write_record(path, {"attempts": attempts})
+
+
+def _stamp(unix_time: float | None) -> str | None:
+    return None if unix_time is None else time.strftime(TIME_FORMAT, time.localtime(unix_time))
+
+
+def _unix(stamp: str | None) -> float | None:
+    try:
+        return time.mktime(time.strptime(stamp, TIME_FORMAT)) if stamp else None
+    except ValueError:
+        return None
+
+
+def attempt_end(output_dir: Path, epochs: int, geometry: dict, code: int | None, reached: int | None, stopped_by: str | None) -> dict:
+    """How an attempt ended: its exit code, what stopped it, the last step it reached and the
+    newest state saved by then (what a following attempt continues from)."""
+    saved, _, _ = newest_state(output_dir, epochs, geometry) if code != 0 else (None, False, "")
+    end = {"ended": _stamp(time.time()), "exit_code": code, "stopped_by": stopped_by, "reached_step": reached}
+    if code != 0:
+        end.update(saved_step=saved["step"] if saved else 0, saved_at=_stamp(saved["saved_at"]) if saved else None)
+    return end
+
+
+def close_killed_attempt(output_dir: Path, epochs: int, geometry: dict) -> None:
+    """Record the end of a previous attempt that died without recording it (SIGKILL, a node
+    failure, the OOM killer): its last step and the time from its metric log (torchtune's
+    DiskLogger writes one ``log_<unix time>.txt`` per attempt)."""
+    attempts = (read_record(output_dir / ATTEMPTS) or {}).get("attempts", [])
+    if not attempts or "ended" in attempts[-1]:
+        return
+    started = _unix(attempts[-1].get("started")) or 0
+    logs = [path for path in (output_dir / "logs").glob("log_*.txt") if path.stem[4:].isdigit() and int(path.stem[4:]) >= int(started)]
+    reached, ended = None, started
+    if logs:
+        log = max(logs, key=lambda path: int(path.stem[4:]))
+        steps = re.findall(r"^Step (\d+) \|", log.read_text(errors="replace"), re.MULTILINE)
+        reached, ended = (int(steps[-1]) if steps else None), log.stat().st_mtime
+    end = attempt_end(output_dir, epochs, geometry, None, reached, "killed")
+    update_attempt(output_dir, {**end, "ended": _stamp(ended)})
+
+
+def current_training(attempts: list[dict]) -> list[dict]:
+    """The attempts since the latest one that started from scratch."""
+    starts = [index for index, attempt in enumerate(attempts) if attempt.get("resumed_from") is None]
+    return attempts[starts[-1] :] if starts else attempts
+
+
+def _resume_name(attempt: dict) -> str:
+    if attempt.get("resumed_from") == "step_state":
+        return f"the resume at step {attempt.get('resumed_step')}"
+    return f"the resume from epoch_{attempt.get('resumed_from')}"
+
+
+def history(attempts: list[dict]) -> dict:
+    """What ``snaketune status`` says about a training's attempts: where the latest one resumed,
+    how often SLURM started the job again (and how often the job requeued itself), and each
+    interruption with the work it lost: the steps it reached beyond the newest saved state, and
+    the wall time since that state was saved (since the attempt started when it saved nothing).
+    ``unsaved_streak``: how many of the latest interruptions in a row saved nothing new."""
+    current = current_training(attempts)
+    offset = len(attempts) - len(current)
+    last = attempts[-1] if attempts else {}
+    resumed = ""
+    if last.get("resumed_from") is not None and last.get("resumed_step") is not None:
+        resumed = f"resumed at step {last['resumed_step']} of epoch {int(last.get('resumed_epoch') or 0) + 1} (attempt {len(attempts)})"
+    requeues = sum(
+        1
+        for before, after in zip(current, current[1:], strict=False)
+        if after.get("slurm_job") and after["slurm_job"] == before.get("slurm_job")
+    )
+    interruptions = []
+    for number, attempt in enumerate(current, start=offset + 1):
+        if "ended" not in attempt or attempt.get("exit_code") == 0:
+            continue
+        resumed_step = int(attempt.get("resumed_step") or 0)
+        saved = int(attempt.get("saved_step") or 0)
+        reached = int(attempt.get("reached_step") or resumed_step)
+        saved_new = saved > resumed_step
+        since = _unix(attempt.get("saved_at")) if saved_new else _unix(attempt.get("started"))
+        ended = _unix(attempt.get("ended"))
+        interruptions.append(
+            {
+                "attempt": number,
+                "by": attempt.get("stopped_by") or f"exit code {attempt.get('exit_code')}",
+                "saved_step": saved,
+                "steps_lost": max(0, reached - saved),
+                "seconds_lost": None if since is None or ended is None else max(0.0, ended - since),
+                "saved_new": saved_new,
+                "requeued": bool(attempt.get("requeued")),
+            }
+        )
+    streak = 0
+    for interruption in reversed(interruptions):
+        if interruption["saved_new"]:
+            break
+        streak += 1
+    return {
+        "resumed": resumed,
+        "requeues": requeues,
+        "own_requeues": sum(1 for attempt in current if attempt.get("requeued")),
+        "interruptions": interruptions,
+        "unsaved_streak": streak,
+    }
+
+
 def exactness(attempts: list[dict]) -> tuple[bool, list[str]]:
     """Whether the training equals an uninterrupted one on the same device: every resume since
     the attempt that started it restored the RNG states and used its batch size, gradient
     accumulation and thread count. With the reasons when not (e.g. an OOM relaunch)."""
-    starts = [index for index, attempt in enumerate(attempts) if attempt.get("resumed_from") is None]
-    current = attempts[starts[-1] :] if starts else attempts
+    current = current_training(attempts)
     reasons = []
     for attempt in current[1:]:
-        where = f"the resume from epoch_{attempt.get('resumed_from')}"
+        where = _resume_name(attempt)
         if not attempt.get("rng_restored"):
             reasons.append(f"{where} had no saved RNG states (a recipe state of an older snaketune)")
         for key, label in (("batch_size", "batch size"), ("gradient_accumulation_steps", "gradient accumulation"), ("threads", "threads")):
@@ -296,8 +593,9 @@ def exactness(attempts: list[dict]) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dict]:
-    """Train (or resume) until all epochs are saved, recovering from out-of-memory failures.
+def _train(output_dir: Path, config: dict, command: list[str], supervisor: Supervisor) -> tuple[int, dict]:
+    """Train (or resume) until all epochs are saved, recovering from out-of-memory failures,
+    stopping when the supervisor says so (and requeueing the SLURM job before its time limit).
 
     Returns the exit code and what the training used (batch size, accumulation, OOM retries).
     """
@@ -307,23 +605,30 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
     used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": 0}
     retry = 0
     while True:
-        resume = resume_point(output_dir, epochs)
+        if supervisor.signal is not None:  # told to stop between attempts
+            return 128 + supervisor.signal, used
+        batch = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation}
+        geometry = {**batch, "steps_per_epoch": steps_per_epoch({**config, **batch}, _processes(command))}
+        close_killed_attempt(output_dir, epochs, geometry)
+        resume = resume_point(output_dir, epochs, geometry)
         if resume is None and any(output_dir.glob("epoch_*")):
             _move_aside(output_dir, "the saved epochs cannot be resumed from (no readable recipe state)")
             prepare(output_dir, config)
-        batch = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation}
-        overrides = [f"max_steps_per_epoch={steps_per_epoch({**config, **batch}, _processes(command))}"]
+        overrides = [f"max_steps_per_epoch={geometry['steps_per_epoch']}"]
         if resume is not None:
-            overrides.append("resume_from_checkpoint=True")
+            overrides.append(resume["override"])
         if retry:
             overrides += [f"{key}={value}" for key, value in batch.items()]
         record_attempt(
             output_dir,
             {
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "started": time.strftime(TIME_FORMAT),
                 "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                "resumed_from": None if resume is None else resume["epoch"],
+                "resumed_from": None if resume is None else resume["resumed_from"],
                 "rng_restored": None if resume is None else resume["rng_restored"],
+                # the optimizer steps it continues after, in epoch resumed_epoch (0-based)
+                "resumed_step": None if resume is None else resume["step"],
+                "resumed_epoch": None if resume is None else resume["epoch"],
                 **batch,
                 # CPU results depend on the thread count (the job sets OMP_NUM_THREADS)
                 "threads": os.environ.get("OMP_NUM_THREADS"),
@@ -331,11 +636,18 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
         )
         full = command + overrides
         print("snaketune: " + " ".join(full), flush=True)
-        code, problem = run_training(full, env)
+        code, problem, reached = run_training(full, env, supervisor)
+        end = attempt_end(output_dir, epochs, geometry, code, reached, supervisor.stopped_by)
+        update_attempt(output_dir, end)
         if code == 0:
             return 0, used
-        out_of_memory = problem == OUT_OF_MEMORY_FAILURE
         print(f"snaketune: tune run exited with {code}" + (f" ({problem})" if problem else ""), file=sys.stderr, flush=True)
+        if supervisor.stopped_by == TIME_LIMIT:
+            return requeue(output_dir, config, supervisor, resume, end), used
+        if supervisor.stopped_by:
+            print(f"snaketune: stopped by {supervisor.stopped_by}; the rerun resumes from step {end['saved_step']}", flush=True)
+            return code, used
+        out_of_memory = problem == OUT_OF_MEMORY_FAILURE
         smaller = smaller_batch(batch_size, accumulation) if out_of_memory else None
         if smaller is None or retry == MAX_OOM_RETRIES:
             if out_of_memory:
@@ -351,6 +663,44 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
         used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": retry}
 
 
+def requeue(output_dir: Path, config: dict, supervisor: Supervisor, resume: dict | None, end: dict) -> int:
+    """After the training stopped for the SLURM time limit: requeue the job (``scontrol
+    requeue``) when this attempt saved something new and the training has requeued itself fewer
+    than ``max_requeues`` times; then wait for SLURM to end this job. Returns the exit code."""
+    job = os.environ["SLURM_JOB_ID"]
+    limit = int(config.get("max_requeues") or 0)
+    attempts = (read_record(output_dir / ATTEMPTS) or {}).get("attempts", [])
+    used = sum(1 for attempt in current_training(attempts) if attempt.get("requeued"))
+    rerun = f"rerun the workflow to continue from step {end['saved_step']}"
+    if end["saved_step"] <= (resume or {}).get("step", 0):
+        print(
+            f"snaketune: this attempt saved nothing after step {end['saved_step']} before the time limit: not requeueing "
+            "(raise resources.finetune.time, or lower training.requeue_margin_minutes)",
+            flush=True,
+        )
+        return 1
+    if used >= limit:
+        print(f"snaketune: the training requeued itself {used} times already (training.max_requeues: {limit}); {rerun}", flush=True)
+        return 1
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"snaketune: scontrol requeue {job} failed: {(result.stderr or result.stdout).strip()}; {rerun}", flush=True)
+        return 1
+    update_attempt(output_dir, {"requeued": True})
+    print(
+        f"snaketune: requeued SLURM job {job} (requeue {used + 1} of at most {limit}); it resumes from step {end['saved_step']}", flush=True
+    )
+    waited = time.monotonic()
+    while supervisor.signal is None and time.monotonic() - waited < REQUEUE_WAIT_SECONDS:
+        time.sleep(0.5)
+    return 128 + (supervisor.signal or 0) if supervisor.signal else 1
+
+
+def _ignore_stop_signals() -> None:
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def output_copied_to(history: Path) -> Iterator[None]:
     """Also append everything this job and its children print to ``history``.
@@ -362,7 +712,9 @@ def output_copied_to(history: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    tee = subprocess.Popen(["tee", "-a", str(history)], stdin=subprocess.PIPE, stdout=saved[0])
+    # tee ignores the job's stop signals (a Ctrl-C, SLURM's SIGTERM to every process of the job):
+    # it must outlive the training's last words, and ends when this process closes its input
+    tee = subprocess.Popen(["tee", "-a", str(history)], stdin=subprocess.PIPE, stdout=saved[0], preexec_fn=_ignore_stop_signals)
     os.dup2(tee.stdin.fileno(), 1)
     os.dup2(tee.stdin.fileno(), 2)
     try:
@@ -407,13 +759,18 @@ def _run(run_dir: Path, command: list[str]) -> int:
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
+        # from here on a stop signal is forwarded to the training, and the lock held until it ended
+        margin = 60 * float(config.get("requeue_margin_minutes") or 0) if RESUMABLE_RECIPE in command else 0
+        supervisor = Supervisor(job, margin)
+        supervisor.install()
         prepare(output_dir, config)
         faults.reached("finetune:before-training", run_dir.name)
         used = {}
         if complete_epochs(output_dir) == list(range(epochs)):
             print(f"snaketune: all {epochs} epoch checkpoints are already complete in {output_dir}; not retraining", flush=True)
+            step_state.remove(output_dir / step_state.STEP_STATE)  # one left by a kill before its removal
         else:
-            code, used = _train(output_dir, config, command)
+            code, used = _train(output_dir, config, command, supervisor)
             if code != 0:
                 return code
         # what the DAG compares: the settings of the run's setup this training was rendered from
