@@ -25,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from snaketune.finetune import ATTEMPT_HEADER, DIVERGED, MANIFEST, OUT_OF_MEMORY_TEXT, complete_epochs
+from snaketune import step_state
+from snaketune.finetune import ATTEMPT_HEADER, ATTEMPTS, DIVERGED, MANIFEST, OUT_OF_MEMORY_TEXT, complete_epochs, history
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
 from snaketune.scaffold import eval_log_name
@@ -57,6 +58,13 @@ CAUSES = [
     ("preempted", r"DUE TO PREEMPTION", "nothing to change"),
     ("timeout", r"DUE TO TIME LIMIT", "raise resources.<stage>.time in config/config.yaml"),
     ("cancelled", r"CANCELLED AT", "nothing to change if the cancellation was intended"),
+    ("requeue limit", r"training\.max_requeues", "raise training.max_requeues (or resources.finetune.time)"),
+    (
+        "time limit too short to save",
+        r"before the time limit: not requeueing",
+        "raise resources.finetune.time, or lower training.requeue_margin_minutes",
+    ),
+    ("stopped", r"snaketune: stopped by SIG\w+", "nothing to change"),
     (
         "missing dependency",
         r"ModuleNotFoundError|No module named|command not found|ImportError",
@@ -115,6 +123,12 @@ class RunStatus:
     last_loss: float | None = None
     loss_trend: str = ""
     oom_retries: int = 0
+    # from its attempts record: where the latest attempt resumed, how often SLURM started the
+    # job again (own_requeues: by snaketune before the time limit), what each interruption lost
+    resumed: str = ""
+    requeues: int = 0
+    own_requeues: int = 0
+    interruptions: list[dict] = field(default_factory=list)
     cause: str = ""
     detail: str = ""
     resumable: str = ""
@@ -286,6 +300,9 @@ def _resumable(output_dir: Path, epochs: int) -> str:
     done = complete_epochs(output_dir) if output_dir.is_dir() else []
     if done == list(range(epochs)):
         return "yes: all epochs are saved, the rerun only checks them"
+    saved = step_state.record(output_dir) if output_dir.is_dir() else None
+    if saved and saved.get("epoch", -1) >= len(done):
+        return f"yes: from the step state at step {saved['global_step']} (epoch {saved['epoch'] + 1} of {epochs})"
     if done and (output_dir / "recipe_state" / "recipe_state.pt").is_file():
         return f"yes: from epoch_{done[-1]} ({len(done)} of {epochs} epochs saved)"
     return "no: nothing saved yet, it restarts from step 0"
@@ -346,6 +363,7 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     )
 
     _progress(status, output_dir, attempt, manifest is not None)
+    _attempts(status, output_dir)
 
     if status.state in FAILED_STATES:
         cause, detail, fix = diagnose(attempt + "\n" + _read(slurm_log(directory, "finetune", run.run_dir, status.job_id)))
@@ -366,6 +384,32 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     if job.get("state") == "COMPLETED" and manifest is None and status.state != "running":
         status.flags.append(f"SLURM job {status.job_id} COMPLETED but the training did not finish its epochs (no {MANIFEST})")
     return status
+
+
+def _attempts(status: RunStatus, output_dir: Path) -> None:
+    """Resume point, requeues and lost work from the attempts record; a red flag when the
+    latest interruptions came before the training managed to save anything."""
+    seen = history((read_record(output_dir / ATTEMPTS) or {}).get("attempts", []))
+    status.resumed, status.requeues, status.own_requeues = seen["resumed"], seen["requeues"], seen["own_requeues"]
+    status.interruptions = seen["interruptions"]
+    if seen["unsaved_streak"] >= 2 and status.state != "completed":
+        status.flags.append(
+            f"interrupted {seen['unsaved_streak']} times in a row before saving any state: save more often "
+            "(training.save_every_minutes / save_every_steps) or give it longer before the kill (GraceTime, "
+            "training.requeue_margin_minutes, resources.finetune.time)"
+        )
+
+
+def interruption_notes(run: RunStatus) -> list[str]:
+    notes = [run.resumed] if run.resumed else []
+    if run.requeues:
+        notes.append(f"requeued x{run.requeues}" + (f" ({run.own_requeues} before the time limit)" if run.own_requeues else ""))
+    if run.interruptions:
+        lost = ", ".join(
+            f"{i['steps_lost']} steps" + ("" if i["seconds_lost"] is None else f"/{_elapsed(i['seconds_lost'])}") for i in run.interruptions
+        )
+        notes.append(f"lost per interruption: {lost}")
+    return notes
 
 
 def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool) -> None:
@@ -526,6 +570,7 @@ def table_rows(status: ExperimentStatus) -> list[dict[str, str]]:
         notes = [run.cause] if run.cause else []
         if run.oom_retries:
             notes.append(f"OOM recovered x{run.oom_retries}" if run.state == "completed" else f"{run.oom_retries} OOM retries")
+        notes += interruption_notes(run)
         notes += run.flags + [flag for e in run.evaluations for flag in e.flags]
         notes += [
             f"eval {e.task}/{e.checkpoint}: {e.state}" + (f" ({e.cause})" if e.cause else "")
@@ -609,6 +654,7 @@ def status_section(status: ExperimentStatus) -> str:
             notes = [run.cause] if run.cause else []
             if run.oom_retries:
                 notes.append(f"OOM retries: {run.oom_retries}")
+            notes += interruption_notes(run)
             if run.resumable and run.state in FAILED_STATES:
                 notes.append(f"resumable: {run.resumable}")
             notes += run.flags
