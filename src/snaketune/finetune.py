@@ -79,6 +79,10 @@ TIME_LIMIT = "the SLURM time limit"
 END_TIME_REFRESH_SECONDS = float(os.environ.get("SNAKETUNE_END_TIME_REFRESH_SECONDS") or 300)
 # After `scontrol requeue`, SLURM ends this job with SIGTERM: how long to wait for it.
 REQUEUE_WAIT_SECONDS = 300
+# After a stop signal from SLURM: how long past the job's end time to wait for SLURM's next
+# signal, and how far away an end time may be for the signal to count as SLURM's.
+SLURM_END_WAIT_SECONDS = 300
+SLURM_END_HORIZON_SECONDS = 3600
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -316,6 +320,7 @@ class Supervisor:
         self.child: subprocess.Popen | None = None
         self.stopped_by: str | None = None
         self.signal: int | None = None  # the first stop signal this job received
+        self.signals = 0  # how many it received
         self._job_id, self._margin = job_id, margin
         self._end: float | None = None
         self._next_refresh = float("inf")
@@ -337,6 +342,7 @@ class Supervisor:
 
     def _on_signal(self, signum, frame) -> None:
         # no printing here: the main thread may be inside a write to the same stream
+        self.signals += 1
         if self.signal is None:
             self.signal = signum
             self.stopped_by = self.stopped_by or signal.Signals(signum).name
@@ -645,7 +651,9 @@ def _train(output_dir: Path, config: dict, command: list[str], supervisor: Super
         if supervisor.stopped_by == TIME_LIMIT:
             return requeue(output_dir, config, supervisor, resume, end), used
         if supervisor.stopped_by:
-            print(f"snaketune: stopped by {supervisor.stopped_by}; the rerun resumes from step {end['saved_step']}", flush=True)
+            print(f"snaketune: stopped by {supervisor.stopped_by}; the next attempt resumes from step {end['saved_step']}", flush=True)
+            if os.environ.get("SLURM_JOB_ID"):
+                await_slurm_end(os.environ["SLURM_JOB_ID"], supervisor)
             return code, used
         out_of_memory = problem == OUT_OF_MEMORY_FAILURE
         smaller = smaller_batch(batch_size, accumulation) if out_of_memory else None
@@ -661,6 +669,25 @@ def _train(output_dir: Path, config: dict, command: list[str], supervisor: Super
         batch_size, accumulation = smaller
         retry += 1
         used = {"batch_size": batch_size, "gradient_accumulation_steps": accumulation, "oom_retries": retry}
+
+
+def await_slurm_end(job_id: str, supervisor: Supervisor) -> None:
+    """After a stop signal, stay while SLURM's end of the job is still to come: a preempted job
+    (its end time moved to the end of its grace time) is requeued only if it still runs then;
+    one that exits earlier ends FAILED and stays down (measured, Slurm 22.05). The signals at
+    the end of the grace time end the wait. A job past its end time (the time limit, scancel)
+    is already decided; a signal whose job ends in more than an hour was not SLURM's."""
+    now = time.time()
+    end = slurm_end_time(job_id)
+    if end is None or end <= now or end - now > SLURM_END_HORIZON_SECONDS:
+        return
+    seen = supervisor.signals
+    print(
+        f"snaketune: waiting for SLURM to end job {job_id} at the end of its grace time ({end - now:.0f} s): it requeues it then",
+        flush=True,
+    )
+    while supervisor.signals == seen and time.time() < end + SLURM_END_WAIT_SECONDS:
+        time.sleep(0.5)
 
 
 def requeue(output_dir: Path, config: dict, supervisor: Supervisor, resume: dict | None, end: dict) -> int:

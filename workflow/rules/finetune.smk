@@ -16,6 +16,8 @@ rule finetune:
         slurm_extra=" ".join(FINETUNE_SBATCH_EXTRA),
     params:
         command=get_tune_command,
+    # exec: the job's shell would die of SLURM's SIGTERM (preemption, time limit) and take the
+    # job down with it; the finetune job itself saves, waits for SLURM to end it and passes on
     shell:
-        "OMP_NUM_THREADS={threads} python -m snaketune finetune --run-dir {wildcards.run:q}"
+        "OMP_NUM_THREADS={threads} exec python -m snaketune finetune --run-dir {wildcards.run:q}"
         " -- {params.command} >> {log:q} 2>&1"
