@@ -28,8 +28,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from snaketune import evaluate
 
+    only = [tuple(pair.split(":", 1)) for pair in args.only]
+    if any(len(pair) != 2 for pair in only):
+        print("snaketune evaluate: --only takes TASK:CHECKPOINT", file=sys.stderr)
+        return 2
     try:
-        evaluate.run(Path(args.setup), args.task, args.checkpoint, Path(args.out))
+        evaluate.run(Path(args.setup), only or None)
     except evaluate.EvaluateError as exc:
         print(f"snaketune evaluate: {exc}", file=sys.stderr)
         return 1
@@ -226,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     finetune.add_argument("command", nargs=argparse.REMAINDER, help="-- tune run ... --config finetune.yaml")
     finetune.set_defaults(func=cmd_finetune)
 
-    evaluate = commands.add_parser("evaluate", help="run one evaluation job (used by the workflow and eval/*.slurm)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate one run: every planned (task, checkpoint) that is missing or outdated (the workflow's job; eval/evaluate.slurm)",
+    )
     evaluate.add_argument("--setup", required=True, help="the run's setup_finetune.yaml")
-    evaluate.add_argument("--task", required=True)
-    evaluate.add_argument("--checkpoint", required=True, help="epoch_N, or base for a control")
-    evaluate.add_argument("--out", required=True, help="the .eval log to write")
+    evaluate.add_argument(
+        "--only", action="append", default=[], metavar="TASK:CHECKPOINT", help="only this pair (repeatable; checkpoint epoch_N or base)"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     scaffold = commands.add_parser("scaffold", help="write one run's files (the workflow's per-run scaffold job)")

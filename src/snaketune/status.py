@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from snaketune.evaluate import RECORD as EVALUATION_RECORD
 from snaketune.finetune import ATTEMPT_HEADER, DIVERGED, MANIFEST, OUT_OF_MEMORY_TEXT, complete_epochs
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
@@ -409,8 +410,10 @@ def _evaluation_status(
     directory = plan.directory
     status = EvaluationStatus(run=run.run_dir, run_name=run.name, task=task, checkpoint=checkpoint)
     log = directory / run.run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
-    job_log = directory / run.run_dir / "logs" / f"evaluate-{task}-{checkpoint}.log"
-    jobs = slurm_job_ids(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}")
+    # one evaluation job per run evaluates all its pairs
+    job_log = directory / run.run_dir / "logs" / "evaluate.log"
+    record = directory / run.run_dir / EVALUATION_RECORD
+    jobs = slurm_job_ids(directory, "evaluate", run.run_dir)
     job = slurm.get(jobs[-1], {}) if jobs else {}
     status.job_id = jobs[-1] if jobs else ""
     slurm_state = SLURM_STATES.get(job.get("state", ""), "")
@@ -436,14 +439,17 @@ def _evaluation_status(
         if status.samples == 0:
             status.flags.append("evaluated 0 samples")
         return status
-    if slurm_state in ("queued", "running") or (not jobs and _incomplete(directory, log)):
+    sidecar = read_record(sidecar_path(log)) or {}
+    if sidecar.get("status") not in (None, SUCCESS):
+        status.state, status.cause, status.detail = "failed", "evaluation failed", sidecar.get("error") or ""
+    elif slurm_state in ("queued", "running") or (not jobs and _incomplete(directory, record)):
         status.state = slurm_state or "running"
-    elif slurm_state or job_log.is_file():
-        text = _read(job_log) + "\n" + _read(slurm_log(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}", status.job_id))
+    elif (slurm_state or job_log.is_file()) and not record.is_file():
+        text = _read(job_log) + "\n" + _read(slurm_log(directory, "evaluate", run.run_dir, status.job_id))
         cause, detail, _ = diagnose(text)
         status.state = slurm_state or ("oom" if cause == "out of memory" else "failed")
         status.cause = cause or "interrupted (no error in its log)"
-        status.detail = detail or (read_record(sidecar_path(log)) or {}).get("error") or ""
+        status.detail = detail
     return status
 
 
@@ -482,8 +488,8 @@ def collect(plan: ExperimentPlan, scores: bool = True) -> ExperimentStatus:
     if on_slurm:
         for run in plan.runs:
             ids += slurm_job_ids(directory, "finetune", run.run_dir)[-1:]
-            for e in run.evaluations:
-                ids += slurm_job_ids(directory, "evaluate", f"{run.run_dir}_{e.task}_{e.checkpoint}")[-1:]
+            if run.evaluations:
+                ids += slurm_job_ids(directory, "evaluate", run.run_dir)[-1:]
     slurm = query_slurm(ids)
     runs = []
     for run in plan.runs:
