@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from snaketune import faults
+from snaketune import faults, wandb_runs
 from snaketune.render import write_atomic
 from snaketune.state import MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
 
@@ -264,6 +264,7 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict 
         **(training or {}),
         "fingerprint": (read_record(output_dir / FINGERPRINT) or {}).get("fingerprint"),
         "attempts": len(attempts),
+        "wandb_run_ids": [attempt["wandb"]["run_id"] for attempt in attempts if attempt.get("wandb")],
         "resumes_exact": exact,
         "inexact_resumes": reasons,
     }
@@ -277,6 +278,14 @@ def record_attempt(output_dir: Path, attempt: dict) -> None:
     """Append one training attempt to the record beside the checkpoints."""
     path = output_dir / ATTEMPTS
     write_record(path, {"attempts": [*(read_record(path) or {}).get("attempts", []), attempt]})
+
+
+def finish_attempt(output_dir: Path, exit_code: int) -> None:
+    """Record that the latest attempt ended (an attempt killed with its job never gets this)."""
+    path = output_dir / ATTEMPTS
+    attempts = (read_record(path) or {}).get("attempts", [])
+    attempts[-1].update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), exit_code=exit_code)
+    write_record(path, {"attempts": attempts})
 
 
 def exactness(attempts: list[dict]) -> tuple[bool, list[str]]:
@@ -317,6 +326,8 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
             overrides.append("resume_from_checkpoint=True")
         if retry:
             overrides += [f"{key}={value}" for key, value in batch.items()]
+        # each attempt its own offline W&B run, its id recorded before it starts (snaketune.wandb_runs)
+        wandb_run = wandb_runs.attempt_run(config, env)
         record_attempt(
             output_dir,
             {
@@ -327,11 +338,15 @@ def _train(output_dir: Path, config: dict, command: list[str]) -> tuple[int, dic
                 **batch,
                 # CPU results depend on the thread count (the job sets OMP_NUM_THREADS)
                 "threads": os.environ.get("OMP_NUM_THREADS"),
+                "wandb": wandb_run,
             },
         )
         full = command + overrides
         print("snaketune: " + " ".join(full), flush=True)
-        code, problem = run_training(full, env)
+        if wandb_run:
+            print(f"snaketune: W&B run {wandb_run['run_id']} (offline, in {output_dir / 'wandb'})", flush=True)
+        code, problem = run_training(full, wandb_runs.attempt_environment(env, wandb_run))
+        finish_attempt(output_dir, code)
         if code == 0:
             return 0, used
         out_of_memory = problem == OUT_OF_MEMORY_FAILURE
