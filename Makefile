@@ -54,7 +54,9 @@ format: venv
 bench: venv
 	$(PY) benchmarks/bench_plan.py
 	$(PY) benchmarks/bench_jobs.py
+	$(PY) benchmarks/bench_evaluations.py
 	$(PY) benchmarks/bench_slurm.py
+	$(PY) benchmarks/bench_slurm_scale.py
 
 clean-demo:
 	rm -rf $(DEMO)/models $(DEMO)/data $(DEMO)/ck-outputs $(DEMO)/results $(DEMO)/logs $(DEMO)/.snaketune $(DEMO)/.snakemake $(DEMO)/run-experiment.log

@@ -4,7 +4,7 @@
 
 One fine-tuned run of the tiny demo model (built once into $SNAKETUNE_BENCH_CACHE, default
 ~/.cache/snaketune-bench, or taken from examples/demo when `make demo` built it there), CPU only.
-(a) `snakemake --cores 2 <run>/eval/logs/wordcase_epoch_N.eval`: Snakemake's start and DAG, the
+(a) `snakemake --cores 2 <run>/eval/evaluations.json`: Snakemake's start and DAG, the
     `finetune` job (`python -m snaketune finetune`: checks, lock, fingerprint, steps per epoch,
     then `tune run`) and the `evaluate` job (`python -m snaketune evaluate`: inspect-ai's Python API).
 (b) the same `tune run` command line the finetune job ran (read from its log, same config and
@@ -109,15 +109,16 @@ def main() -> None:
         checkpoints = Path(setup["training"]["output_dir"])
         epoch = f"epoch_{args.epochs - 1}"
         eval_log = run_dir / "eval" / "logs" / f"wordcase_{epoch}.eval"
-        target = str(eval_log.relative_to(experiment))
+        target = str((run_dir / "eval" / "evaluations.json").relative_to(experiment))
         evaluation = setup["evaluation"]
         task = REPO / "src" / "snaketune" / "tasks" / "exact_match.py"
 
         def clean() -> None:
             shutil.rmtree(checkpoints, ignore_errors=True)
             shutil.rmtree(experiment / "direct-logs", ignore_errors=True)
-            for path in (run_dir / "finetune_manifest.json", eval_log):
+            for path in (run_dir / "finetune_manifest.json", eval_log, eval_log.with_name(eval_log.name + ".json")):
                 path.unlink(missing_ok=True)
+            (run_dir / "eval" / "evaluations.json").unlink(missing_ok=True)
 
         def direct_commands() -> tuple[list[str], list[str]]:
             """The exact `tune run` line the finetune job ran, and the equivalent `inspect eval`."""

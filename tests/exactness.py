@@ -85,16 +85,19 @@ class Training:
         return {step: (loss, lr) for step, loss, lr in self.logged_steps}
 
 
-def finetune_config(directory: Path, assets: Path, settings: Settings, policy: dict | None = None) -> Path:
-    """The finetune.yaml the workflow renders for one tiny-model run, with ``settings`` (and
-    the policy keys ``policy``, e.g. ``save_every_steps``)."""
+def finetune_config(directory: Path, assets: Path, settings: Settings, policy: dict | None = None, wandb: dict | None = None) -> Path:
+    """The finetune.yaml the workflow renders for one tiny-model run, with ``settings``, the
+    policy keys ``policy`` (e.g. ``save_every_steps``) and W&B on when ``wandb`` is a config
+    ``wandb`` section."""
     from snaketune.parse import read_summary
     from snaketune.plan import plan_experiment
     from snaketune.render import dump_yaml, finetune_config
     from snaketune.workflow import workflow_config
 
     summary = write_summary(directory, assets, [row("only", settings.lora_rank, str(settings.learning_rate))], epochs=settings.epochs)
-    (run,) = plan_experiment(read_summary(summary), workflow_config(), {}).runs
+    workflow = workflow_config()
+    workflow["wandb"].update(wandb or {})
+    (run,) = plan_experiment(read_summary(summary), workflow, {}).runs
     config = finetune_config(run.setup)
     output_dir = str(directory / "checkpoints")
     config.update(output_dir=output_dir, batch_size=settings.batch_size, max_steps_per_epoch=settings.steps_per_epoch)
@@ -102,16 +105,25 @@ def finetune_config(directory: Path, assets: Path, settings: Settings, policy: d
     config["model"]["lora_dropout"] = settings.lora_dropout
     config["checkpointer"]["output_dir"] = output_dir
     config["metric_logger"]["log_dir"] = f"{output_dir}/logs"
+    if wandb:
+        config["metric_logger"]["wandb"]["dir"] = output_dir
     path = directory / "finetune.yaml"
     path.write_text(dump_yaml(config))
     return path
 
 
-def train(directory: Path, assets: Path, settings: Settings, kills: Sequence[str | Stop] = (), policy: dict | None = None) -> Training:
-    """Train until done; attempt *i* (0-based) is interrupted at ``kills[i]``, the next one resumes."""
+def train(
+    directory: Path,
+    assets: Path,
+    settings: Settings,
+    kills: Sequence[str | Stop] = (),
+    policy: dict | None = None,
+    wandb: Sequence[dict | None] = (),
+) -> Training:
+    """Train until done; attempt *i* (0-based) is interrupted at ``kills[i]``, the next one resumes.
+    ``wandb[i]``: attempt *i* logs to W&B (offline) with this config ``wandb`` section (default: off)."""
     from snaketune.finetune import resume_point
 
-    config = finetune_config(directory, assets, settings, policy)
     output_dir = directory / "checkpoints"
     geometry = {
         "batch_size": settings.batch_size,
@@ -122,6 +134,7 @@ def train(directory: Path, assets: Path, settings: Settings, kills: Sequence[str
     env.pop("SNAKETUNE_FAULT", None)
     training = Training(output_dir, [])
     for attempt in range(len(kills) + 1):
+        config = finetune_config(directory, assets, settings, policy, wandb[attempt] if attempt < len(wandb) else None)
         command = [str(TUNE), "run", RECIPE, "--config", str(config)]
         if attempt:
             resume = resume_point(output_dir, settings.epochs, geometry)

@@ -108,7 +108,7 @@ class SlurmRun:
         return matches[0]
 
     def evaluations_of(self, run_dir: str) -> list[SlurmJob]:
-        return [j for j in self.jobs if j.rule == "evaluate" and j.wildcards.startswith(f"{run_dir}_")]
+        return [j for j in self.jobs if j.rule == "evaluate" and j.wildcards == run_dir]
 
 
 def run_on_sandbox(state: SlurmState, summary: Path, *args: str, timeout: float = 900, **env: str) -> SlurmRun:

@@ -287,6 +287,7 @@ def test_after_extend_the_dry_run_plans_only_the_new_runs(design, config):
             log.write_text("")
             record = {"status": "success", "evaluation_digest": evaluation_digest(run.setup, evaluation.task), "training_digest": trained}
             write_record(sidecar_path(log), record)
+        write_record(logs.parent / "evaluations.json", {"pairs": []})  # the evaluation job's output
     assert planned_jobs(snakemake(summary, "-n").stdout) == {"report": 1, "all": 1}
 
     outcome = extend_summary(summary, grid=["LoRA Rank=4,8,16", "Learning Rate=1e-4,1e-3"], config=config)

@@ -49,7 +49,7 @@ def test_scaffold_writes_every_run_without_the_model(cluster_summary):
     assert not (experiment / "Qwen2.5-0.5B_base" / "finetune.yaml").exists()
     setup = yaml.safe_load((experiment / "Qwen2.5-0.5B_base" / "setup_finetune.yaml").read_text())
     assert setup["type"] == "control"
-    assert (experiment / "Qwen2.5-0.5B_base" / "eval" / "wordcase_base.slurm").is_file()
+    assert (experiment / "Qwen2.5-0.5B_base" / "eval" / "evaluate.slurm").is_file()
     # nothing was trained or evaluated, and the next plan only has the real work left
     assert planned_jobs(snakemake(cluster_summary, "-n").stdout) == {"finetune": 4, "evaluate": 5, "report": 1, "all": 1}
 

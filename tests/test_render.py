@@ -124,7 +124,7 @@ def test_slurm_script_requests_the_configured_resources(tmp_path, config):
         assert line in script
     assert os.access(run_dir / "finetune.slurm", os.X_OK)
     evals = sorted(p.name for p in (run_dir / "eval").glob("*.slurm"))
-    assert evals == ["wordcase_epoch_1.slurm"]
+    assert evals == ["evaluate.slurm"]  # one evaluation job per run
     subprocess.run(["bash", "-n", str(run_dir / "eval" / evals[0])], check=True)
 
 
@@ -166,10 +166,11 @@ def test_hostile_values_reach_yaml_exactly_and_never_run(tmp_path, config, summa
 def test_eval_script_matches_evaluate_resources(tmp_path, config, summary_file, gpus):
     text = (DATA / "new_generation.md").read_text().replace("- **Epochs:** 2", f"- **Epochs:** 2\n- **GPUs:** {gpus}")
     run, run_dir = scaffold(tmp_path, config, summary_file(text))
-    script = (run_dir / "eval" / "wordcase_epoch_1.slurm").read_text()
+    script = (run_dir / "eval" / "evaluate.slurm").read_text()
     assert ("#SBATCH --gpus=1" in script) == (gpus == 1)
     assert f"#SBATCH --time=00:{config['resources']['evaluate']['time']:02d}:00" in script
-    assert "--checkpoint epoch_1" in script
+    assert f"python -m snaketune evaluate --setup {run_dir}/setup_finetune.yaml" in script
+    assert "wordcase/epoch_1" in script  # the pairs it evaluates, in its header
 
 
 def test_settings_torchtune_cannot_honour_are_warned_about(config):

@@ -25,10 +25,11 @@ import yaml
 from e2e_helpers import REPO, row, snakemake, write_summary
 from slurm_helpers import PROFILE_ARGS, SlurmRun, add_columns, command_window, run_on_sandbox
 
-SLOW_EPOCHS = 2
+EPOCHS = 2
+TASK_ROW = "| wordcase | snaketune | wordcase.json (test) | exact match |"
 ROWS = [row("fast", 8, "3e-3"), row("slow", 8, "1e-3")]
 ADDED = [row("gpu", 8, "1e-4"), row("nodata", 4, "3e-3"), row("base", "-", "-", "Control")]
-COLUMNS = {"Epochs": {"slow": str(SLOW_EPOCHS)}, "GPUs": {"gpu": "1"}, "Dataset": {"nodata": "no-such-dataset.json"}}
+COLUMNS = {"GPUs": {"gpu": "1"}, "Dataset": {"nodata": "no-such-dataset.json"}}
 
 
 def run_dirs(experiment: Path) -> dict[str, str]:
@@ -43,7 +44,9 @@ def run_dirs(experiment: Path) -> dict[str, str]:
 def experiment(tmp_path_factory, demo_assets) -> Path:
     """The summary with the first step's rows; the added rows come in `with_failures`."""
     directory = tmp_path_factory.mktemp("slurm-experiment")
-    summary = write_summary(directory, demo_assets, ROWS + ADDED, epochs=1, name="slurm")
+    summary = write_summary(directory, demo_assets, ROWS + ADDED, epochs=EPOCHS, plan="Evaluate all epochs.", name="slurm")
+    # 2 tasks x 2 epochs: 4 evaluations per run, in one allocation
+    summary.write_text(summary.read_text().replace(TASK_ROW, TASK_ROW + "\n" + TASK_ROW.replace("| wordcase |", "| spelling |")))
     add_columns(summary, COLUMNS)
     full = summary.read_text()
     added = tuple(f"| {line.split('|')[1].strip()} |" for line in ADDED)
@@ -88,9 +91,13 @@ def test_every_job_completes(two_runs, experiment):
     for job in two_runs.jobs:
         assert job.state == "COMPLETED", (job, two_runs.output[-4000:])
     table = pd.read_csv(experiment.parent / "results" / "results.csv")
-    assert sorted(table["run_name"]) == ["fast", "slow"]
-    assert set(table["epoch"]) == {0, SLOW_EPOCHS - 1}
+    assert sorted(table["run_name"]) == ["fast"] * 4 + ["slow"] * 4
+    assert set(table["epoch"]) == {0, 1} and set(table["task"]) == {"wordcase", "spelling"}
     assert set(table["run"]) == {names["fast"], names["slow"]}
+    # one evaluation allocation per run for its 2 tasks x 2 epochs
+    for name in ("fast", "slow"):
+        (evaluation,) = two_runs.evaluations_of(names[name])
+        assert "evaluating 4 of 4 planned pair(s)" in (experiment.parent / names[name] / "logs" / "evaluate.log").read_text()
 
 
 @pytest.mark.slurm
@@ -128,14 +135,14 @@ def test_failures_are_reported_and_the_rest_finishes(with_failures, experiment):
     assert run.result.returncode != 0
     # only the new rows' jobs were submitted: the finished runs are not redone
     assert sorted((j.rule, j.wildcards) for j in run.jobs) == sorted(
-        [("finetune", names["gpu"]), ("finetune", names["nodata"]), ("evaluate", f"{names['base']}_wordcase_base")]
+        [("finetune", names["gpu"]), ("finetune", names["nodata"]), ("evaluate", names["base"])]
     )
     for name in ("gpu", "nodata"):
         job = run.job("finetune", names[name])
         assert job.state == "FAILED", job
         assert f"SLURM-job '{job.job_id}' failed, SLURM status is: 'FAILED'" in run.output
     # keep-going: the control is evaluated although both trainings failed
-    assert run.job("evaluate", f"{names['base']}_wordcase_base").state == "COMPLETED"
+    assert run.job("evaluate", names["base"]).state == "COMPLETED"
     assert (experiment.parent / names["base"] / "eval" / "logs" / "wordcase_base.eval").is_file()
     # the missing dataset stops the job before torchtune starts
     log = (experiment.parent / names["nodata"] / "logs" / "finetune.log").read_text()

@@ -51,7 +51,7 @@ def test_run_directories_hold_their_files(finished):
             "finetune.yaml",
             "finetune.slurm",
             "finetune_manifest.json",
-            "eval/wordcase_epoch_1.slurm",
+            "eval/evaluate.slurm",
             "eval/logs/wordcase_epoch_1.eval",
         ):
             assert (experiment / run / name).is_file(), name
@@ -149,7 +149,7 @@ def test_reevaluation_keeps_the_superseded_result(finished):
     before = (experiment / "lr1e-3" / "eval" / "logs" / "wordcase_epoch_1.eval").read_bytes()
     try:
         summary.write_text(original.replace("**Max tokens:** 16", "**Max tokens:** 14"))
-        snakemake(summary, "--cores", "2", "lr1e-3/eval/logs/wordcase_epoch_1.eval")
+        snakemake(summary, "--cores", "2", "lr1e-3/eval/evaluations.json")
     finally:
         summary.write_text(original)
     kept = list((experiment / "lr1e-3" / "eval" / "logs").glob("superseded-*/wordcase_epoch_1.eval"))
@@ -162,13 +162,13 @@ def test_forced_rerun_says_what_it_redoes_and_keeps_it(finished):
     summary, _ = finished
     logs = summary.parent / "lr1e-5" / "eval" / "logs"
     before = (logs / "wordcase_epoch_1.eval").read_bytes()
-    plan = snakemake(summary, "-n", "-R", "finetune")
+    plan = snakemake(summary, "-n", "-R", "evaluate", "finetune")
     notes = [line for line in (plan.stdout + plan.stderr).splitlines() if line.startswith("snaketune:")]
     assert any("redoes 3 finished evaluation(s)" in line and "lr1e-5/eval/logs/wordcase_epoch_1.eval" in line for line in notes), notes
     assert any("2 finished training(s) are not repeated" in line for line in notes), notes
     assert not list(logs.glob("superseded-*"))  # the dry run moved nothing
 
-    result = snakemake(summary, "--cores", "2", "--forcerun", "lr1e-5/eval/logs/wordcase_epoch_1.eval")
+    result = snakemake(summary, "--cores", "2", "--forcerun", "lr1e-5/eval/evaluations.json")
     assert "redoes 1 finished evaluation(s)" in result.stdout + result.stderr
     (kept,) = logs.glob("superseded-*/wordcase_epoch_1.eval")
     assert kept.read_bytes() == before  # the finished result survives the forced rerun

@@ -28,8 +28,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from snaketune import evaluate
 
+    only = [tuple(pair.split(":", 1)) for pair in args.only]
+    if any(len(pair) != 2 for pair in only):
+        print("snaketune evaluate: --only takes TASK:CHECKPOINT", file=sys.stderr)
+        return 2
     try:
-        evaluate.run(Path(args.setup), args.task, args.checkpoint, Path(args.out))
+        evaluate.run(Path(args.setup), only or None)
     except evaluate.EvaluateError as exc:
         print(f"snaketune evaluate: {exc}", file=sys.stderr)
         return 1
@@ -160,6 +164,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wandb_sync(args: argparse.Namespace) -> int:
+    """Upload every ended, unsynced offline W&B run of the experiment's trainings, in start order."""
+    from snaketune import status, wandb_runs
+    from snaketune.parse import SummaryError
+
+    try:
+        found = status.load(Path(args.experiment), [Path(p) for p in args.configfile], scores=False)
+    except (SummaryError, ConfigError, FileNotFoundError) as error:
+        print(f"snaketune wandb-sync: {error}", file=sys.stderr)
+        return 2
+    failed = uploaded = 0
+    for run in found.runs:
+        if run.state in wandb_runs.ACTIVE and run.wandb_runs:
+            print(f"{run.run}: {run.state}: its W&B runs are synced once the training has ended")
+        for wandb_run in wandb_runs.runs_to_sync(run.wandb_runs, run.state):
+            print(
+                f"{run.run}: attempt {wandb_run.attempt}: {'would sync' if args.dry_run else 'syncing'} {wandb_run.directory}", flush=True
+            )
+            if args.dry_run:
+                continue
+            wandb_runs.upload(Path(wandb_run.directory))
+            if wandb_runs.is_synced(Path(wandb_run.directory), wandb_run.run_id):
+                uploaded += 1
+            else:  # wandb writes its marker only after a complete upload
+                failed += 1
+                print(
+                    f"{run.run}: attempt {wandb_run.attempt}: W&B run {wandb_run.run_id} was not synced (see wandb's output)",
+                    file=sys.stderr,
+                )
+    if not args.dry_run:
+        print(f"{uploaded} W&B run(s) synced" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_design(args: argparse.Namespace) -> int:
     from snaketune import design
     from snaketune.workflow import workflow_config
@@ -226,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     finetune.add_argument("command", nargs=argparse.REMAINDER, help="-- tune run ... --config finetune.yaml")
     finetune.set_defaults(func=cmd_finetune)
 
-    evaluate = commands.add_parser("evaluate", help="run one evaluation job (used by the workflow and eval/*.slurm)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate one run: every planned (task, checkpoint) that is missing or outdated (the workflow's job; eval/evaluate.slurm)",
+    )
     evaluate.add_argument("--setup", required=True, help="the run's setup_finetune.yaml")
-    evaluate.add_argument("--task", required=True)
-    evaluate.add_argument("--checkpoint", required=True, help="epoch_N, or base for a control")
-    evaluate.add_argument("--out", required=True, help="the .eval log to write")
+    evaluate.add_argument(
+        "--only", action="append", default=[], metavar="TASK:CHECKPOINT", help="only this pair (repeatable; checkpoint epoch_N or base)"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     scaffold = commands.add_parser("scaffold", help="write one run's files (the workflow's per-run scaffold job)")
@@ -262,6 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--write", action="store_true", help="also rewrite the summary's ## Status tables")
     status.add_argument("--configfile", action="append", default=[], help="the config file(s) the workflow ran with, if not the default")
     status.set_defaults(func=cmd_status)
+
+    wandb_sync = commands.add_parser(
+        "wandb-sync",
+        help="upload the experiment's offline W&B runs (every ended, unsynced attempt, in start order; needs internet and `wandb login`)",
+    )
+    wandb_sync.add_argument("experiment", nargs="?", default=".", help="experiment directory or its experiment_summary.md")
+    wandb_sync.add_argument("--dry-run", action="store_true", help="only list what would be synced")
+    wandb_sync.add_argument(
+        "--configfile", action="append", default=[], help="the config file(s) the workflow ran with, if not the default"
+    )
+    wandb_sync.set_defaults(func=cmd_wandb_sync)
 
     design = commands.add_parser(
         "design",

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import yaml
 
-from snaketune import faults, step_state
+from snaketune import faults, step_state, wandb_runs
 from snaketune.render import INTERRUPTION_KEYS, RESUMABLE_RECIPE, write_atomic
 from snaketune.state import MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
 
@@ -456,6 +456,7 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict 
         **(training or {}),
         "fingerprint": (read_record(output_dir / FINGERPRINT) or {}).get("fingerprint"),
         "attempts": len(attempts),
+        "wandb_run_ids": [attempt["wandb"]["run_id"] for attempt in attempts if attempt.get("wandb")],
         "resumes_exact": exact,
         "inexact_resumes": reasons,
     }
@@ -478,6 +479,13 @@ def update_attempt(output_dir: Path, fields: dict) -> None:
     if attempts:
         attempts[-1].update(fields)
         write_record(path, {"attempts": attempts})
+
+
+def finish_attempt(output_dir: Path, exit_code: int, end: dict | None = None) -> None:
+    """Record that the latest attempt ended, and how (``end``: attempt_end). An attempt killed
+    with its job never gets this; close_killed_attempt fills in its end later, without
+    ``finished`` (what tells a dead attempt's W&B run from a finished one)."""
+    update_attempt(output_dir, {**(end or {}), "exit_code": exit_code, "finished": _stamp(time.time())})
 
 
 def _stamp(unix_time: float | None) -> str | None:
@@ -625,6 +633,8 @@ def _train(output_dir: Path, config: dict, command: list[str], supervisor: Super
             overrides.append(resume["override"])
         if retry:
             overrides += [f"{key}={value}" for key, value in batch.items()]
+        # each attempt its own offline W&B run, its id recorded before it starts (snaketune.wandb_runs)
+        wandb_run = wandb_runs.attempt_run(config, env)
         record_attempt(
             output_dir,
             {
@@ -638,13 +648,16 @@ def _train(output_dir: Path, config: dict, command: list[str], supervisor: Super
                 **batch,
                 # CPU results depend on the thread count (the job sets OMP_NUM_THREADS)
                 "threads": os.environ.get("OMP_NUM_THREADS"),
+                "wandb": wandb_run,
             },
         )
         full = command + overrides
         print("snaketune: " + " ".join(full), flush=True)
-        code, problem, reached = run_training(full, env, supervisor)
+        if wandb_run:
+            print(f"snaketune: W&B run {wandb_run['run_id']} (offline, in {output_dir / 'wandb'})", flush=True)
+        code, problem, reached = run_training(full, wandb_runs.attempt_environment(env, wandb_run), supervisor)
         end = attempt_end(output_dir, epochs, geometry, code, reached, supervisor.stopped_by)
-        update_attempt(output_dir, end)
+        finish_attempt(output_dir, code, end)
         if code == 0:
             return 0, used
         print(f"snaketune: tune run exited with {code}" + (f" ({problem})" if problem else ""), file=sys.stderr, flush=True)

@@ -67,6 +67,12 @@ def _record_end(plan: ExperimentPlan, success: bool) -> None:
         if e.state in status.FAILED_STATES
     ]
     flags = [f"{run.run}: {flag}" for run in found.runs for flag in run.flags]
+    if failures:  # a failed evaluation does not fail its job (the other pairs stand): say it here
+        print(
+            f"snaketune: {len(failures)} failure(s); the next run redoes them (details: snaketune status {plan.directory}):"
+            + "".join(f"\n  {line}" for line in failures),
+            file=sys.stderr,
+        )
     details = status.totals_line(found) + "".join(f"\n- {line}" for line in failures + flags)
     results = plan.directory / "results" / "results.csv"
     result = f"{'success' if success else 'FAILED'} after {minutes:.1f} min" + (f"; results: {results}" if results.is_file() else "")

@@ -336,6 +336,7 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             "max_tokens": int(settings.raw("max_tokens") or evaluation_defaults["max_tokens"]),
             "temperature": float(settings.raw("temperature") or evaluation_defaults["temperature"]),
             "scorer": str(settings.raw("scorer") or "match"),
+            "batch_size": int(evaluation_defaults["batch_size"]),
             "tasks": {
                 name: {
                     "script": BUILTIN_TASK if tasks[name].script == BUILTIN_TASK else resolve(tasks[name].script, base),

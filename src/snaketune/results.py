@@ -19,6 +19,7 @@ import yaml
 
 from snaketune.render import write_atomic
 from snaketune.scaffold import EVAL_LOG, eval_log_name
+from snaketune.state import SUCCESS, read_record, sidecar_path
 
 FIRST_COLUMNS = ["run", "run_name", "type", "task", "epoch", "checkpoint"]
 LAST_COLUMNS = ["scorer", "samples", "status", "model_path", "log"]
@@ -354,7 +355,14 @@ def summary_markdown(results: Results, plan: Plan, losses: dict[str, pd.DataFram
                 rows.append(cells)
             lines.append(markdown_table([parameter, *tasks], rows))
     lines += ["", "## Missing or failed", ""]
-    problems = [f"- evaluation `{path}`: planned, no log" for path in plan.missing_evaluations]
+    failures = {path: (read_record(sidecar_path(path)) or {}) for path in plan.evaluations}
+    failures = {
+        path: record.get("error") or record.get("status")
+        for path, record in failures.items()
+        if record.get("status") not in (None, SUCCESS)
+    }
+    problems = [f"- evaluation `{path}`: failed: {error}" + ("" if path.is_file() else " (no log)") for path, error in failures.items()]
+    problems += [f"- evaluation `{path}`: planned, no log" for path in plan.missing_evaluations if path not in failures]
     problems += [
         f"- evaluation `{row['log']}`: inspect status {row['status']}" for _, row in table[table["status"] != "success"].iterrows()
     ]

@@ -12,8 +12,8 @@ from snaketune import render
 SETUP_HEADER = "# Rendered by snaketune from experiment_summary.md: edit the summary, not this file.\n"
 
 
-def eval_script_name(task: str, checkpoint: str) -> str:
-    return f"{task}_{checkpoint}.slurm"
+# One evaluation job per run: every planned (task, checkpoint), each checkpoint loaded once.
+EVALUATE_SCRIPT = Path("eval") / "evaluate.slurm"
 
 
 # <task>_<checkpoint>.eval, checkpoint being epoch_N or base (a control's base model)
@@ -25,8 +25,8 @@ def eval_log_name(task: str, checkpoint: str) -> str:
 
 
 def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
-    """setup_finetune.yaml, and for a fine-tuned run finetune.yaml + finetune.slurm, plus one
-    evaluation script per (task, checkpoint). Returns the files written."""
+    """setup_finetune.yaml, and for a fine-tuned run finetune.yaml + finetune.slurm, plus the
+    run's evaluation script (all its tasks and checkpoints). Returns the files written."""
     run_dir = run_dir.absolute()
     written = []
     setup_path = run_dir / "setup_finetune.yaml"
@@ -56,28 +56,25 @@ def write_run_files(setup: dict, run_dir: Path) -> list[Path]:
         )
         render.write_atomic(run_dir / "finetune.slurm", script, mode=0o755)
         written += [finetune_yaml, run_dir / "finetune.slurm"]
-    for task, spec in setup["evaluation"]["tasks"].items():
-        for checkpoint in spec["checkpoints"]:
-            path = run_dir / "eval" / eval_script_name(task, checkpoint)
-            script = render.render_script(
-                "evaluate.slurm.j2",
-                run_name=setup["run_name"],
-                task=task,
-                checkpoint=checkpoint,
-                sbatch=render.sbatch_options(
-                    resources["evaluate"],
-                    f"ev-{setup['run_dir']}-{task}-{checkpoint}",
-                    str(run_dir / "logs" / f"evaluate-{task}-{checkpoint}-%j.out"),
-                    f"snaketune:{setup['run_dir']}:evaluate:{task}:{checkpoint}",
-                ),
-                environment=activation,
-                threads=resources["evaluate"]["cpus"],
-                run_dir=run_dir,
-                setup_path=setup_path,
-                out=run_dir / "eval" / "logs" / eval_log_name(task, checkpoint),
-            )
-            render.write_atomic(path, script, mode=0o755)
-            written.append(path)
+    if any(spec["checkpoints"] for spec in setup["evaluation"]["tasks"].values()):
+        path = run_dir / EVALUATE_SCRIPT
+        script = render.render_script(
+            "evaluate.slurm.j2",
+            run_name=setup["run_name"],
+            pairs=[f"{task}/{checkpoint}" for task, spec in setup["evaluation"]["tasks"].items() for checkpoint in spec["checkpoints"]],
+            sbatch=render.sbatch_options(
+                resources["evaluate"],
+                f"ev-{setup['run_dir']}",
+                str(run_dir / "logs" / "evaluate-%j.out"),
+                f"snaketune:{setup['run_dir']}:evaluate",
+            ),
+            environment=activation,
+            threads=resources["evaluate"]["cpus"],
+            run_dir=run_dir,
+            setup_path=setup_path,
+        )
+        render.write_atomic(path, script, mode=0o755)
+        written.append(path)
     return written
 
 

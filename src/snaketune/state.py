@@ -25,8 +25,9 @@ from pathlib import Path
 from snaketune.render import INTERRUPTION_KEYS, write_atomic
 
 MANIFEST = "finetune_manifest.json"
-# setup["training"] keys that are policy, not training settings
+# setup["training"] / setup["evaluation"] keys that are policy, not settings of the result
 TRAINING_POLICY = ("validation", "log_every_n_steps", *INTERRUPTION_KEYS)
+EVALUATION_POLICY = ("tasks", "batch_size")
 SUCCESS = "success"
 # The key of the generators' states in torchtune's recipe_state.pt (snaketune's recipe saves them).
 RECIPE_RNG_KEY = "snaketune_rng_states"
@@ -43,7 +44,7 @@ def training_settings(setup: dict) -> dict:
 
 def evaluation_settings(setup: dict, task: str) -> dict:
     """What decides an evaluation's result besides the checkpoint it evaluates."""
-    evaluation = {key: value for key, value in setup["evaluation"].items() if key != "tasks"}
+    evaluation = {key: value for key, value in setup["evaluation"].items() if key not in EVALUATION_POLICY}
     return {
         "task": task,
         "script": setup["evaluation"]["tasks"][task]["script"],

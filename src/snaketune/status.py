@@ -8,7 +8,9 @@ Everything is read from files the workflow and its jobs leave behind, never chan
 - torchtune's metric logs (``<checkpoints>/logs/log_*.txt``) give progress and loss;
 - on SLURM, the executor plugin's logs (``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<job
   id>.log``) give the job ids, and ``sacct`` (or ``squeue``) their state and times;
-- evaluation logs give the scores.
+- evaluation logs give the scores;
+- the attempts record beside the checkpoints (``snaketune_attempts.json``) and wandb's own run
+  folders give each attempt's W&B run, whether it is synced, and zombies (snaketune.wandb_runs).
 So it also works while a workflow is running, locally or on SLURM.
 """
 
@@ -26,11 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from snaketune import step_state
+from snaketune.evaluate import RECORD as EVALUATION_RECORD
 from snaketune.finetune import ATTEMPT_HEADER, ATTEMPTS, DIVERGED, MANIFEST, OUT_OF_MEMORY_TEXT, complete_epochs, history
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
 from snaketune.scaffold import eval_log_name
 from snaketune.state import SUCCESS, read_record, sidecar_path
+from snaketune.wandb_runs import WandbRun, training_runs, zombie
 from snaketune.workflow import evaluation_rerun_reason, training_rerun_reason
 
 FAILED_STATES = ("failed", "preempted", "timeout", "oom", "cancelled")
@@ -135,6 +139,7 @@ class RunStatus:
     action: str = ""
     flags: list[str] = field(default_factory=list)
     evaluations: list[EvaluationStatus] = field(default_factory=list)
+    wandb_runs: list[WandbRun] = field(default_factory=list)
 
     @property
     def evals_done(self) -> int:
@@ -166,6 +171,7 @@ class ExperimentStatus:
             "evaluations_planned": len(evaluations),
             "evaluations_failed": sum(e.state in FAILED_STATES for e in evaluations),
             "red_flags": sum(len(run.flags) + sum(len(e.flags) for e in run.evaluations) for run in self.runs),
+            "wandb_unsynced": sum(bool(w.directory) and not w.synced for run in self.runs for w in run.wandb_runs),
             "checkpoint_disk": human_bytes(self.checkpoint_bytes),
         }
 
@@ -383,6 +389,7 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
         status.action = f"{fix}, then: {command}" if fix and fix != "nothing to change" else command
     if job.get("state") == "COMPLETED" and manifest is None and status.state != "running":
         status.flags.append(f"SLURM job {status.job_id} COMPLETED but the training did not finish its epochs (no {MANIFEST})")
+    _wandb(status, output_dir)
     return status
 
 
@@ -410,6 +417,17 @@ def interruption_notes(run: RunStatus) -> list[str]:
         )
         notes.append(f"lost per interruption: {lost}")
     return notes
+
+
+def _wandb(status: RunStatus, output_dir: Path) -> None:
+    """The training's W&B runs, and the zombie flag: its newest one was left behind by a dead job."""
+    status.wandb_runs = training_runs(output_dir, (read_record(output_dir / ATTEMPTS) or {}).get("attempts", []))
+    dead = zombie(status.wandb_runs, status.state)
+    if dead:
+        status.flags.append(
+            f"W&B zombie: offline run {dead.run_id} (attempt {dead.attempt}) has no finish record and no job trains the run"
+            " (its process died: rerun to resume; wandb-sync then uploads it)"
+        )
 
 
 def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool) -> None:
@@ -453,8 +471,10 @@ def _evaluation_status(
     directory = plan.directory
     status = EvaluationStatus(run=run.run_dir, run_name=run.name, task=task, checkpoint=checkpoint)
     log = directory / run.run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
-    job_log = directory / run.run_dir / "logs" / f"evaluate-{task}-{checkpoint}.log"
-    jobs = slurm_job_ids(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}")
+    # one evaluation job per run evaluates all its pairs
+    job_log = directory / run.run_dir / "logs" / "evaluate.log"
+    record = directory / run.run_dir / EVALUATION_RECORD
+    jobs = slurm_job_ids(directory, "evaluate", run.run_dir)
     job = slurm.get(jobs[-1], {}) if jobs else {}
     status.job_id = jobs[-1] if jobs else ""
     slurm_state = SLURM_STATES.get(job.get("state", ""), "")
@@ -480,14 +500,17 @@ def _evaluation_status(
         if status.samples == 0:
             status.flags.append("evaluated 0 samples")
         return status
-    if slurm_state in ("queued", "running") or (not jobs and _incomplete(directory, log)):
+    sidecar = read_record(sidecar_path(log)) or {}
+    if sidecar.get("status") not in (None, SUCCESS):
+        status.state, status.cause, status.detail = "failed", "evaluation failed", sidecar.get("error") or ""
+    elif slurm_state in ("queued", "running") or (not jobs and _incomplete(directory, record)):
         status.state = slurm_state or "running"
-    elif slurm_state or job_log.is_file():
-        text = _read(job_log) + "\n" + _read(slurm_log(directory, "evaluate", f"{run.run_dir}_{task}_{checkpoint}", status.job_id))
+    elif (slurm_state or job_log.is_file()) and not record.is_file():
+        text = _read(job_log) + "\n" + _read(slurm_log(directory, "evaluate", run.run_dir, status.job_id))
         cause, detail, _ = diagnose(text)
         status.state = slurm_state or ("oom" if cause == "out of memory" else "failed")
         status.cause = cause or "interrupted (no error in its log)"
-        status.detail = detail or (read_record(sidecar_path(log)) or {}).get("error") or ""
+        status.detail = detail
     return status
 
 
@@ -509,12 +532,12 @@ def _checkpoint_bytes(plan: ExperimentPlan) -> int:
     return total
 
 
-def load(experiment: Path, configfiles: list[Path] = ()) -> ExperimentStatus:
+def load(experiment: Path, configfiles: list[Path] = (), scores: bool = True) -> ExperimentStatus:
     """The status of the experiment in a directory (or of a summary file)."""
     from snaketune.workflow import load_plan, workflow_config
 
     summary = experiment / "experiment_summary.md" if experiment.is_dir() else experiment
-    return collect(load_plan(summary.absolute(), workflow_config(configfiles)))
+    return collect(load_plan(summary.absolute(), workflow_config(configfiles)), scores)
 
 
 def collect(plan: ExperimentPlan, scores: bool = True) -> ExperimentStatus:
@@ -526,8 +549,8 @@ def collect(plan: ExperimentPlan, scores: bool = True) -> ExperimentStatus:
     if on_slurm:
         for run in plan.runs:
             ids += slurm_job_ids(directory, "finetune", run.run_dir)[-1:]
-            for e in run.evaluations:
-                ids += slurm_job_ids(directory, "evaluate", f"{run.run_dir}_{e.task}_{e.checkpoint}")[-1:]
+            if run.evaluations:
+                ids += slurm_job_ids(directory, "evaluate", run.run_dir)[-1:]
     slurm = query_slurm(ids)
     runs = []
     for run in plan.runs:
@@ -556,8 +579,18 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table_rows(status: ExperimentStatus) -> list[dict[str, str]]:
+def wandb_cell(runs: list[WandbRun], links: bool = False) -> str:
+    """A training's W&B runs: each id (a link in Markdown when its URL is known) and whether it is synced."""
+    cells = []
+    for run in runs:
+        name = f"[{run.run_id}]({run.url})" if links and run.url else run.run_id
+        cells.append(f"{name} {'synced' if run.synced else 'offline' if run.directory else 'not started'}")
+    return ", ".join(cells)
+
+
+def table_rows(status: ExperimentStatus, links: bool = False) -> list[dict[str, str]]:
     rows = []
+    wandb_column = any(run.wandb_runs for run in status.runs)
     for run in status.runs:
         progress = ""
         if run.type == "fine-tuned":
@@ -587,6 +620,7 @@ def table_rows(status: ExperimentStatus) -> list[dict[str, str]]:
                 "loss": loss or "-",
                 "evals": f"{run.evals_done}/{len(run.evaluations)}",
                 "score": _cell(run.latest_score),
+                **({"wandb": wandb_cell(run.wandb_runs, links) or "-"} if wandb_column else {}),
                 "notes": "; ".join(notes) or "-",
             }
         )
@@ -607,6 +641,9 @@ def format_text(status: ExperimentStatus) -> str:
             lines.append(f"  {run.run}: {run.state}: {run.cause}" + (f" — {run.detail}" if run.detail else ""))
             lines.append(f"    resumable: {run.resumable}")
             lines.append(f"    do: {run.action}")
+    urls = [(run.run, w) for run in status.runs for w in run.wandb_runs if w.url]
+    if urls:
+        lines += ["", "W&B:"] + [f"  {name}: {w.url}" + ("" if w.synced else " (after its sync)") for name, w in urls]
     lines += ["", totals_line(status)]
     return "\n".join(lines)
 
@@ -618,13 +655,14 @@ def totals_line(status: ExperimentStatus) -> str:
         f"Fine-tuning: {training}. Evaluations: {totals['evaluations_done']}/{totals['evaluations_planned']} done"
         f"{', ' + str(totals['evaluations_failed']) + ' failed' if totals['evaluations_failed'] else ''}. "
         f"Red flags: {totals['red_flags']}. Checkpoints on disk: {totals['checkpoint_disk']}."
+        + (f" W&B: {totals['wandb_unsynced']} offline run(s) not synced yet (snaketune wandb-sync)." if totals["wandb_unsynced"] else "")
     )
 
 
 def format_markdown(status: ExperimentStatus) -> str:
     from snaketune.results import markdown_table
 
-    rows = table_rows(status)
+    rows = table_rows(status, links=True)
     header = list(rows[0]) if rows else ["run", "state"]
     return f"{markdown_table(header, [list(row.values()) for row in rows])}\n\n{totals_line(status)}\n"
 

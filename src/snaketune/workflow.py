@@ -12,6 +12,7 @@ from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experimen
 from snaketune.scaffold import eval_log_name
 from snaketune.state import (
     MANIFEST,
+    SUCCESS,
     evaluation_digest,
     evaluation_outdated,
     read_record,
@@ -71,11 +72,11 @@ def training_rerun_reason(plan: ExperimentPlan, run: RunPlan) -> str | None:
 
 
 def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, checkpoint: str) -> str | None:
-    """Why an evaluation's existing log must be redone, or None (also when there is no log)."""
+    """Why a planned evaluation must be (re)done, or None when its log is current."""
     log = plan.directory / run.run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
     if not log.exists():
-        # Snakemake would leave it missing when the results table looks current
-        return "its log is missing but its sidecar exists (deleted, or the evaluation failed)" if sidecar_path(log).exists() else None
+        failed = read_record(sidecar_path(log)) or {}
+        return f"it failed: {failed.get('error')}" if failed.get("status") not in (None, SUCCESS) else "it has no log"
     if run.fine_tuned and training_rerun_reason(plan, run):
         return "its run's training is redone"
     digests = settings_digests(run)
@@ -156,9 +157,10 @@ def missing_paths(plan: ExperimentPlan) -> list[str]:
     ]
 
 
-# Rules whose forced rerun redoes a run's evaluations (they are upstream of, or are, evaluate).
-_REDO_EVALUATIONS = {"scaffold_finetune", "scaffold_control", "finetune", "evaluate"}
-_REDO_TRAINING = {"scaffold_finetune", "finetune"}
+# The rules whose forced rerun redoes a run's evaluations / repeats its training job. Forcing an
+# upstream rule reaches no further: what is current (the manifests, the sidecars) is not redone.
+_REDO_EVALUATIONS = {"evaluate"}
+_REDO_TRAINING = {"finetune"}
 
 
 def forced_rerun_notes(plan: ExperimentPlan, forceall: bool, forcerun: set[str], forcetargets: bool, targets: set[str]) -> list[str]:
@@ -177,8 +179,9 @@ def forced_rerun_notes(plan: ExperimentPlan, forceall: bool, forcerun: set[str],
         if target_runs and run.run_dir not in target_runs:
             continue
         logs = [f"{run.run_dir}/eval/logs/{e.task}_{e.checkpoint}.eval" for e in run.evaluations]
-        whole_run = forceall or bool(forcerun & _REDO_EVALUATIONS)
-        redone_logs += [log for log in logs if (whole_run or log in files) and (plan.directory / log).is_file()]
+        # a forced evaluation job redoes all of its run's pairs
+        forced = forceall or bool(forcerun & _REDO_EVALUATIONS) or f"{run.run_dir}/eval/evaluations.json" in files
+        redone_logs += [log for log in logs if forced and (plan.directory / log).is_file()]
         manifest = f"{run.run_dir}/finetune_manifest.json"
         if (forceall or forcerun & _REDO_TRAINING or manifest in files) and (plan.directory / manifest).is_file():
             kept_trainings.append(run.run_dir)

@@ -85,8 +85,6 @@ CONTROL_DIRS = _alternatives(run.run_dir for run in CONTROLS)
 
 wildcard_constraints:
     run=r"[^/]+",
-    task=_alternatives(task.name for task in PLAN.experiment.tasks),
-    checkpoint=r"base|epoch_\d+",
 
 
 def per_job(func):
@@ -155,7 +153,7 @@ def rerun_edge(path, output, why):
     """
     if why is None:
         return ancient(path)
-    if workflow.exec_mode == ExecMode.DEFAULT:
+    if workflow.exec_mode == ExecMode.DEFAULT and output not in workflow.dag.forcefiles:
         workflow.dag.forcefiles.add(output)
         _RERUN_NOTES[why] += 1
         if _RERUN_NOTES[why] <= 3:
@@ -178,14 +176,22 @@ def get_finetune_input(wildcards):
 
 @per_job
 def get_evaluate_input(wildcards):
+    """The run's evaluation job redoes what is missing or outdated; the dry run says which."""
     note_forced_rerun()
     run = run_plan(wildcards)
-    log = f"{wildcards.run}/eval/logs/{wildcards.task}_{wildcards.checkpoint}.eval"
-    why = evaluation_rerun_reason(PLAN, run, wildcards.task, wildcards.checkpoint)
-    inputs = {"setup": rerun_edge(f"{wildcards.run}/setup_finetune.yaml", log, why)}
+    record = f"{wildcards.run}/eval/evaluations.json"
+    # without its record the job runs anyway (a missing output), and does every pair
+    reasons = [
+        f"{e.task}/{e.checkpoint} ({why})"
+        for e in run.evaluations
+        if (PLAN.directory / record).exists()
+        and (why := evaluation_rerun_reason(PLAN, run, e.task, e.checkpoint))
+    ]
+    why = "; ".join(reasons) or None
+    inputs = {"setup": rerun_edge(f"{wildcards.run}/setup_finetune.yaml", record, why)}
     if run.fine_tuned:
         inputs["manifest"] = rerun_edge(
-            f"{wildcards.run}/finetune_manifest.json", log, why
+            f"{wildcards.run}/finetune_manifest.json", record, why
         )
     return inputs
 
@@ -226,7 +232,15 @@ def get_threads(stage):
     )
 
 
+def evaluation_records():
+    """Each evaluated run's record of its evaluation job."""
+    return [
+        f"{run.run_dir}/eval/evaluations.json" for run in PLAN.runs if run.evaluations
+    ]
+
+
 def evaluation_logs():
+    """Every planned evaluation log (what the report reads)."""
     return [
         f"{run.run_dir}/eval/logs/{e.task}_{e.checkpoint}.eval"
         for run in PLAN.runs

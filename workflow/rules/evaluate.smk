@@ -2,16 +2,15 @@ rule evaluate:
     input:
         unpack(get_evaluate_input),
     output:
-        # update(): Snakemake must not delete a finished log before a rerun; the job moves
-        # it to eval/logs/superseded-<time>-…/ once the new evaluation has succeeded.
-        update("{run}/eval/logs/{task}_{checkpoint}.eval"),
+        # What the job did, written last. Each (task, checkpoint) gets its own .eval log and
+        # sidecar (not declared: a failing pair must not make Snakemake delete the others').
+        "{run}/eval/evaluations.json",
     log:
-        "{run}/logs/evaluate-{task}-{checkpoint}.log",
+        "{run}/logs/evaluate.log",
     conda:
         "../envs/snaketune.yaml"
     threads: get_threads("evaluate")
     resources:
         **get_resources("evaluate"),
     shell:
-        "OMP_NUM_THREADS={threads} python -m snaketune evaluate --setup {input.setup:q}"
-        " --task {wildcards.task:q} --checkpoint {wildcards.checkpoint:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m snaketune evaluate --setup {input.setup:q} > {log:q} 2>&1"

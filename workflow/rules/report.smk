@@ -1,6 +1,6 @@
 rule report:
     input:
-        evaluations=evaluation_logs(),
+        evaluations=evaluation_records(),
         trainings=get_report_trainings(),
     output:
         table=report(
@@ -20,6 +20,8 @@ rule report:
         "logs/report.log",
     conda:
         "../envs/snaketune.yaml"
+    params:
+        logs=evaluation_logs(),
     shell:
-        "python -m snaketune report . --evaluations {input.evaluations:q} --trainings {input.trainings:q}"
+        "python -m snaketune report . --evaluations {params.logs:q} --trainings {input.trainings:q}"
         " --table {output.table:q} --summary {output.summary:q} --plots {output.plots:q} > {log:q} 2>&1"
