@@ -52,6 +52,7 @@ def main() -> None:
             text = text.replace("## Evaluation Plan", "## Evaluation Plan\n- **Epochs to evaluate:** all epochs", 1)
         summary.write_text(text)
         config = ["--config", f"experiment={summary}"]
+        timed([SNAKEMAKE, "scaffold", "--cores", "1", *config], env=env())  # the control's files too
         trained = timed([SNAKEMAKE, "--cores", str(THREADS), "--until", "finetune", *config], env=env())
         print(f"trained in {trained.wall:.0f} s", flush=True)
         setups = sorted(experiment.glob("*/setup_finetune.yaml"))
