@@ -231,6 +231,7 @@ def _training(settings: _Settings, config: dict, output_dir: str) -> dict:
         "weight_decay": float(settings.defaults["weight_decay"]),
         "warmup_steps": int(settings.defaults["warmup_steps"]),
         "validation": settings.bool("validation"),
+        "validate_every_steps": int(settings.defaults["validate_every_steps"]),
         "packing": settings.bool("packing"),
         "max_seq_len": int(settings.defaults["max_seq_len"]),
         "seed": settings.int("seed"),
@@ -319,9 +320,9 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             training["recipe"], warning = _recipe_warning(training["recipe"], training["gpus"])
             if warning:
                 warnings.append(f"{experiment.path}, line {run.line}: {warning}")
-            if training["validation"]:
+            if training["validation"] and training["recipe"] != RECIPES[0]:
                 warnings.append(
-                    f"{experiment.path}, line {settings.where('validation')[1]}: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
+                    f"{experiment.path}, line {settings.where('validation')[1]}: validation during training is computed by snaketune's single-device recipe only; {training['recipe']} trains without it"
                 )
             if training["packing"]:
                 warnings.append(
