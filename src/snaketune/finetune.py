@@ -154,9 +154,22 @@ def steps_per_epoch(config: dict, processes: int) -> int:
 
 
 def _check_inputs(config: dict) -> None:
-    missing = [path for path in (config["checkpointer"]["checkpoint_dir"], config["dataset"]["data_files"]) if not Path(path).exists()]
+    paths = [config["checkpointer"]["checkpoint_dir"], config["dataset"]["data_files"]]
+    validation = config.get("dataset_val") if config.get("validation") else None
+    if validation:
+        paths.append(validation["data_files"])
+    missing = [path for path in dict.fromkeys(paths) if not Path(path).exists()]
     if missing:
         raise FinetuneError("missing on this machine: " + ", ".join(missing))
+    if validation:
+        field = validation["field"] if validation["source"] == "json" else None
+        try:
+            size = split_size(validation["data_files"], field)
+        except (KeyError, TypeError):
+            raise FinetuneError(f"validation is on, but {validation['data_files']} has no {field!r} split") from None
+        if size == 0:
+            split = repr(field) if field else "validation"
+            raise FinetuneError(f"validation is on, but the {split} split of {validation['data_files']} is empty")
 
 
 def _processes(command: list[str]) -> int:

@@ -132,6 +132,61 @@ def batch_warnings(plan: ExperimentPlan) -> list[str]:
     return warnings
 
 
+def validation_split_problems(plan: ExperimentPlan) -> tuple[list[str], list[str]]:
+    """Runs that validate during training, checked against their dataset's validation split:
+    errors (the dataset is here and the split is missing or empty: the file, the summary's line
+    and the cause) and warnings (the dataset is not on this machine: the finetune job checks it
+    where it runs). For the driver only; each dataset is read once (sizes cached as in
+    :func:`batch_warnings`)."""
+    from snaketune.finetune import split_size
+
+    known = plan.dataset_sizes
+    known.update(read_record(plan.directory / DATASET_SIZES) or {})
+    errors, warnings, seen = [], [], set()
+    source = plan.experiment
+    for run in plan.runs:
+        if not run.fine_tuned or not run.setup["training"]["validation"]:
+            continue
+        setup, training = run.setup, run.setup["training"]
+        split = training["validation_split"]
+        path = setup["dataset"] if setup["dataset_format"] == "json" else str(Path(setup["dataset"]) / f"{split}.parquet")
+        if (path, split) in seen:
+            continue
+        seen.add((path, split))
+        row = next(r for r in source.runs if r.name == run.name)
+        if "validation" in row.params:
+            where = f"{source.path}, line {row.line}"
+        elif "validation" in source.config_lines:
+            where = f"{source.path}, line {source.config_lines['validation']}"
+        else:
+            where = f"{source.path}, line {row.line} (run {run.name!r}; training.validation in the config)"
+        if not Path(setup["dataset"]).exists():
+            warnings.append(
+                f"{where}: validation during training is on; dataset {setup['dataset']} is not on this machine, so its {split!r} split"
+                " is not checked here (the finetune job fails early where it runs if it is missing or empty)"
+            )
+            continue
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            errors.append(
+                f"{where}: validation during training is on, but dataset {setup['dataset']} has no {split!r} split ({path} does not exist)"
+            )
+            continue
+        key = f"{path}|{split}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in known:
+            try:
+                known[key] = split_size(path, split if setup["dataset_format"] == "json" else None)
+            except (KeyError, TypeError):
+                errors.append(f"{where}: validation during training is on, but dataset {path} has no {split!r} split")
+                continue
+            except Exception:  # an unreadable dataset is the finetune job's error to report
+                continue
+        if known[key] == 0:
+            errors.append(f"{where}: validation during training is on, but the {split!r} split of {path} is empty")
+    return errors, warnings
+
+
 def store_dataset_sizes(plan: ExperimentPlan) -> None:
     if plan.dataset_sizes and plan.dataset_sizes != read_record(plan.directory / DATASET_SIZES):
         write_record(plan.directory / DATASET_SIZES, plan.dataset_sizes)

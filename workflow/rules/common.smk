@@ -23,6 +23,7 @@ from snaketune.workflow import (
     missing_paths,
     scaffold_payload,
     training_rerun_reason,
+    validation_split_problems,
 )
 
 try:
@@ -52,6 +53,12 @@ for warning in PLAN.warnings + missing_paths(PLAN):
 # with training prompts (their logs are not read), and batches larger than a training split.
 if workflow.exec_mode == ExecMode.DEFAULT:
     for warning in cached_parity_warnings(PLAN) + batch_warnings(PLAN):
+        logger.warning(f"snaketune: {warning}")
+    # validation during training needs a validation split: rejected here when it is not
+    VALIDATION_ERRORS, VALIDATION_WARNINGS = validation_split_problems(PLAN)
+    if VALIDATION_ERRORS:
+        raise WorkflowError("snaketune: " + "\nsnaketune: ".join(VALIDATION_ERRORS))
+    for warning in VALIDATION_WARNINGS:
         logger.warning(f"snaketune: {warning}")
 
 
