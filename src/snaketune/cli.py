@@ -126,7 +126,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from snaketune.results import Plan, ReportFiles, format_table, plan_on_disk, write_report
+    from snaketune.report import write_report
+    from snaketune.results import Plan, ReportFiles, format_table, plan_on_disk
 
     experiment_dir = _experiment_dir(args.experiment)
     if args.evaluations is None:
