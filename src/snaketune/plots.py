@@ -91,7 +91,7 @@ def score_by_epoch(results: Results, task: str, out: Path, best: dict[str, int] 
     """One line per fine-tuned run through its evaluated epochs; controls as reference lines;
     each run's epoch of lowest validation loss (``best``: run -> epoch) circled when evaluated."""
     metric = results.primary_metric
-    rows = results.fine_tuned[results.fine_tuned["task"] == task].dropna(subset=[metric, "epoch"])
+    rows = results.by_epoch[results.by_epoch["task"] == task].dropna(subset=[metric, "epoch"])
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     marked = False
     for index, (run, run_rows) in enumerate(rows.groupby("run", sort=False)):
@@ -163,7 +163,7 @@ def write_plots(results: Results, losses: dict[str, pd.DataFrame], plots_dir: Pa
         old.unlink()  # a figure of a factor that no longer varies would mislead
     written = []
     metric = results.primary_metric
-    evaluated_epochs = results.fine_tuned.groupby("task")["epoch"].nunique()
+    evaluated_epochs = results.by_epoch.groupby("task")["epoch"].nunique()
     for task in dict.fromkeys(results.table["task"]):
         for parameter in results.varying_parameters():
             out = plots_dir / f"{_file_part(task)}_{metric}_by_{_file_part(parameter)}.png"

@@ -91,9 +91,16 @@ class Results:
         runs = self.fine_tuned.drop_duplicates("run")
         return [p for p in self.parameters if runs[p].dropna().astype(str).nunique() > 1]
 
+    @property
+    def by_epoch(self) -> pd.DataFrame:
+        """The fine-tuned evaluations, one per (run, task, epoch): a ``best`` evaluation only
+        where no ``epoch_N`` evaluation of its epoch exists (it is the same checkpoint)."""
+        rows = self.fine_tuned.assign(_best=self.fine_tuned["checkpoint"] == "best").sort_values("_best", kind="stable")
+        return rows.drop_duplicates(["run", "task", "epoch"]).drop(columns="_best").sort_index()
+
     def final_epochs(self) -> pd.DataFrame:
         """Each fine-tuned run's evaluation at the last epoch evaluated for each task."""
-        fine_tuned = self.fine_tuned.sort_values("epoch", kind="stable")
+        fine_tuned = self.by_epoch.sort_values("epoch", kind="stable")
         return fine_tuned.groupby(["run", "task"], sort=False).tail(1).sort_index()
 
 
@@ -120,6 +127,8 @@ def evaluation_row(log_path: Path) -> tuple[dict, list[str], list[str]]:
         "epoch": int(checkpoint.removeprefix("epoch_")) if checkpoint.startswith("epoch_") else None,
         "checkpoint": checkpoint,
     }
+    if checkpoint == "best":  # the epoch of lowest validation loss it resolved to (its sidecar)
+        row["epoch"] = (read_record(sidecar_path(log_path)) or {}).get("epoch")
     parameters = []
     for parameter, value in setup["table"].items():
         # a parameter column named like one of ours ("task", "epoch") must not replace it
@@ -133,7 +142,8 @@ def evaluation_row(log_path: Path) -> tuple[dict, list[str], list[str]]:
         for metric in score.metrics.values():
             row[prefix + metric.name] = metric.value
             metrics.append(prefix + metric.name)
-    epoch_losses = (run_manifest(run_dir_of_log(log_path)).get("losses") or {}).get(checkpoint) or {}
+    evaluated = checkpoint if row["epoch"] is None else f"epoch_{row['epoch']}"
+    epoch_losses = (run_manifest(run_dir_of_log(log_path)).get("losses") or {}).get(evaluated) or {}
     for column in LOSS_COLUMNS:
         row[column] = epoch_losses.get(column)
     row["scorer"] = ",".join(score.name for score in scores)

@@ -58,3 +58,11 @@ def overfitting_note(losses: dict | None) -> str:
     values = val_losses(losses)
     first, last = found
     return f"overfitting: validation loss rose {last - first} epochs in a row (epoch {first} {values[first]:.4g} -> epoch {last} {values[last]:.4g})"
+
+
+def best_outdated(sidecar: dict | None, manifest: dict | None) -> str | None:
+    """Why a ``best`` evaluation evaluated another epoch than the manifest's best, or None."""
+    epoch = best_epoch((manifest or {}).get("losses"))
+    if sidecar is not None and epoch is not None and sidecar.get("epoch") != epoch:
+        return f"the best epoch by validation loss is now epoch {epoch}, it evaluated epoch {sidecar.get('epoch')}"
+    return None

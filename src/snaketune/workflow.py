@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snaketune.config_check import check_config
 from snaketune.naming import load_registry
-from snaketune.parse import read_summary
+from snaketune.parse import BEST, read_summary
 from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experiment
 from snaketune.scaffold import eval_log_name
 from snaketune.state import (
@@ -21,6 +21,7 @@ from snaketune.state import (
     training_outdated,
     write_record,
 )
+from snaketune.validation import best_outdated
 
 
 def load_plan(summary: Path, config: dict) -> ExperimentPlan:
@@ -80,7 +81,30 @@ def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, check
     if run.fine_tuned and training_rerun_reason(plan, run):
         return "its run's training is redone"
     digests = settings_digests(run)
-    return evaluation_outdated(read_record(sidecar_path(log)), digests["evaluation"][task], digests.get("training"))
+    sidecar = read_record(sidecar_path(log))
+    why = evaluation_outdated(sidecar, digests["evaluation"][task], digests.get("training"))
+    if why is None and checkpoint == BEST:
+        why = best_outdated(sidecar, read_record(plan.directory / run.run_dir / MANIFEST))
+    return why
+
+
+def best_checkpoint_notes(plan: ExperimentPlan, limit: int = 3) -> list[str]:
+    """What the dry run says of each ``best`` evaluation still to do: which epochs it chooses
+    from, and that it is decided after training (the first ``limit`` runs, then a count)."""
+    notes = []
+    for run in plan.runs:
+        tasks = [e.task for e in run.evaluations if e.checkpoint == BEST]
+        if not tasks or all(evaluation_rerun_reason(plan, run, task, BEST) is None for task in tasks):
+            continue
+        last = int(run.setup["training"]["epochs"]) - 1
+        epochs = "epoch 0" if last == 0 else f"epochs 0–{last}"
+        notes.append(
+            f"{run.run_dir}: evaluates the best epoch by validation loss ({', '.join(f'{t}_best.eval' for t in tasks)}):"
+            f" best of {epochs}, decided after training"
+        )
+    if len(notes) > limit:
+        notes = notes[:limit] + [f"(and {len(notes) - limit} more runs evaluate their best epoch, decided after training)"]
+    return notes
 
 
 def scaffold_payload(run: RunPlan) -> str:

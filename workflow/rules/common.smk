@@ -24,6 +24,7 @@ from snaketune.workflow import (
     scaffold_payload,
     training_rerun_reason,
     validation_split_problems,
+    best_checkpoint_notes,
 )
 
 try:
@@ -60,6 +61,8 @@ if workflow.exec_mode == ExecMode.DEFAULT:
         raise WorkflowError("snaketune: " + "\nsnaketune: ".join(VALIDATION_ERRORS))
     for warning in VALIDATION_WARNINGS:
         logger.warning(f"snaketune: {warning}")
+    for note in best_checkpoint_notes(PLAN):
+        logger.info(f"snaketune: {note}")
 
 
 # Every run's files live in its directory inside the experiment directory.
