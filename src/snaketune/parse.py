@@ -508,7 +508,10 @@ EPOCH_PHRASE = re.compile(r"epochs?\s*((?:\d+\s*(?:,|and|&|\+)?\s*(?:epoch\s*)?)
 
 
 # The epoch with the lowest validation loss, decided after training (checkpoint "best").
-BEST_PHRASE = re.compile(r"\bbest\s+(?:by|on)\s+(?:the\s+)?val(?:idation)?\s+loss\b|\bbest\s+epochs?\b", re.IGNORECASE)
+BEST_PHRASE = re.compile(
+    r"\bbest\s+(?:by|on)\s+(?:the\s+)?val(?:idation)?\s+loss\b|\bbest\s+epochs?\b|\b(?:best|lowest)\s+val(?:idation)?\s+loss\b",
+    re.IGNORECASE,
+)
 # ...also the bare word in a bullet or a matrix cell ("best and last"), not in prose
 BEST_WORD = re.compile(r"\bbest\b", re.IGNORECASE)
 BEST = "best"
