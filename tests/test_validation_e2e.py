@@ -91,3 +91,32 @@ def test_best_without_validation_is_rejected_at_its_line(tmp_path, demo_assets):
         f"{summary}, line {line}: run 'cold' evaluates its best epoch by validation loss (wordcase), which needs validation during training"
         in (result.stdout + result.stderr)
     )
+
+
+def test_turning_validation_on_for_a_finished_run_validates_its_epochs_without_retraining(tmp_path, demo_assets):
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("done", 8, "1e-3")], epochs=2)
+    experiment = summary.parent
+    snakemake(summary, "--cores", "2")
+    run_dir = (
+        experiment / "lr1e-3" if (experiment / "lr1e-3").is_dir() else next(p.parent for p in experiment.glob("*/finetune_manifest.json"))
+    )
+    manifest = (run_dir / "finetune_manifest.json").read_text()
+    assert all(entry["val_loss"] is None for entry in json.loads(manifest)["losses"].values())
+
+    # validation on, and the best epoch asked for: a validate job, no training
+    with_validation(summary)
+    summary.write_text(summary.read_text().replace("Evaluate the last epoch.", "- **Epochs to evaluate:** best and last"))
+    jobs = planned_jobs(snakemake(summary, "-n").stdout)
+    assert jobs.get("validate") == 1 and "finetune" not in jobs, jobs
+    snakemake(summary, "--cores", "2")
+    assert (run_dir / "finetune_manifest.json").read_text() == manifest  # not retrained
+    record = json.loads((run_dir / "validation_losses.json").read_text())
+    val = {int(key.removeprefix("epoch_")): loss for key, loss in record["val_losses"].items()}
+    assert sorted(val) == [0, 1] and all(loss > 0 for loss in val.values())
+    table = pd.read_csv(experiment / "results" / "results.csv").set_index("checkpoint")
+    assert table.loc["epoch_1", "val_loss"] == pytest.approx(val[1])
+    best = min(val, key=val.get)
+    assert table.loc["best", "epoch"] == best and table.loc["best", "val_loss"] == pytest.approx(val[best])
+    # done is done
+    again = snakemake(summary, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]

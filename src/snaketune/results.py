@@ -20,8 +20,8 @@ import pandas as pd
 import yaml
 
 from snaketune.scaffold import EVAL_LOG, eval_log_name
-from snaketune.state import MANIFEST, SUCCESS, read_record, sidecar_path
-from snaketune.validation import best_epoch, overfitting_note, val_losses
+from snaketune.state import MANIFEST, SUCCESS, VALIDATION_RECORD, read_record, sidecar_path
+from snaketune.validation import best_epoch, overfitting_note, run_losses, val_losses
 
 FIRST_COLUMNS = ["run", "run_name", "type", "task", "epoch", "checkpoint"]
 # the evaluated epoch's token-weighted training and validation loss (the run's manifest)
@@ -45,17 +45,20 @@ def _read_setup(path: Path, mtime_ns: int) -> dict:
 
 
 def run_manifest(run_dir: Path) -> dict:
-    """The run's ``finetune_manifest.json`` ({} when there is none), read once per version."""
-    path = run_dir.absolute() / MANIFEST
+    """The run's ``finetune_manifest.json`` ({} when there is none), its ``losses`` completed by
+    the validate job's record; read once per version of the two files."""
+    path, record = run_dir.absolute() / MANIFEST, run_dir.absolute() / VALIDATION_RECORD
     try:
-        return _read_manifest(path, path.stat().st_mtime_ns)
+        stamp = path.stat().st_mtime_ns
     except OSError:
         return {}
+    return _read_manifest(path, stamp, record.stat().st_mtime_ns if record.exists() else 0)
 
 
 @cache
-def _read_manifest(path: Path, mtime_ns: int) -> dict:
-    return read_record(path) or {}
+def _read_manifest(path: Path, mtime_ns: int, record_mtime_ns: int) -> dict:
+    manifest = read_record(path) or {}
+    return {**manifest, "losses": run_losses(path.parent, manifest)}
 
 
 def run_dir_of_log(log_path: Path) -> Path:
@@ -227,7 +230,7 @@ def epoch_losses(run_dirs: list[Path]) -> dict[str, dict]:
 
 def best_val_epochs(losses: dict[str, dict]) -> dict[str, int]:
     """Run -> its epoch with the lowest validation loss, for runs that validated."""
-    return {run: epoch for run, run_losses in losses.items() if (epoch := best_epoch(run_losses)) is not None}
+    return {run: epoch for run, per_epoch in losses.items() if (epoch := best_epoch(per_epoch)) is not None}
 
 
 @dataclass
@@ -327,14 +330,14 @@ def factor_effects(results: Results, parameter: str) -> pd.DataFrame:
 def validation_rows(losses: dict[str, dict]) -> list[list]:
     """Per validated run: epochs validated, best epoch and its loss, last loss, overfitting."""
     rows = []
-    for run, run_losses in losses.items():
-        values = val_losses(run_losses)
+    for run, per_epoch in losses.items():
+        values = val_losses(per_epoch)
         if not values:
             continue
-        best = best_epoch(run_losses)
+        best = best_epoch(per_epoch)
         last = max(values)
-        trains = {int(k.removeprefix("epoch_")): e.get("train_loss") for k, e in run_losses.items() if isinstance(e, dict)}
-        rows.append([run, len(values), best, values[best], trains.get(best), last, values[last], overfitting_note(run_losses) or "no"])
+        trains = {int(k.removeprefix("epoch_")): e.get("train_loss") for k, e in per_epoch.items() if isinstance(e, dict)}
+        rows.append([run, len(values), best, values[best], trains.get(best), last, values[last], overfitting_note(per_epoch) or "no"])
     return rows
 
 

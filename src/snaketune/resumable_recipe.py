@@ -36,7 +36,9 @@ validating must not change the training (the exactness test proves it). ``val_lo
 the same metric-log record as that step's training loss (a validation step always gets one, so
 every record has a ``loss``). Each epoch's token-weighted mean training loss and its validation
 loss go to ``snaketune_losses.json`` (EPOCH_LOSSES) beside the checkpoints (the finetune job copies them into the
-manifest); a step state carries the sums of the epoch in progress.
+manifest); a step state carries the sums of the epoch in progress. ``validate_only: True``
+(snaketune's validate job, :mod:`snaketune.validate`) loads a saved epoch as the base model
+(LoRA's B starts at zero: the merged model) and writes its validation loss to ``validate_output``.
 
 Run as ``tune run snaketune/resumable_recipe.py --config ...``: torchtune imports a custom
 recipe given as a path as the module ``snaketune.resumable_recipe`` (a dotted name would lose
@@ -510,6 +512,15 @@ def recipe_main(cfg: DictConfig) -> None:
     config.log_config(recipe_name="ResumableLoRAFinetuneRecipeSingleDevice", cfg=cfg)
     recipe = ResumableLoRAFinetuneRecipeSingleDevice(cfg=cfg)
     recipe.setup(cfg=cfg)
+    if cfg.get("validate_only"):
+        # snaketune's validate job: the validation loss of the checkpoint loaded, nothing trained
+        import json
+
+        loss = recipe.validation_loss()
+        write_atomic(Path(cfg.validate_output), json.dumps({"val_loss": loss}) + "\n")
+        print(f"snaketune: validation loss {loss:.6g}", flush=True)
+        recipe.cleanup()
+        return
     try:
         recipe.train()
     except Stopped as stopped:

@@ -36,6 +36,9 @@ RECIPE_SAMPLER_SEED_KEY = "snaketune_sampler_seed"
 # Beside the checkpoints, written by snaketune's recipe at each epoch's end: per epoch its
 # token-weighted training loss and its validation loss (None when not validated).
 EPOCH_LOSSES = "snaketune_losses.json"
+# <run>/validation_losses.json, written by the validate job: the validation losses of epochs
+# trained without validation, computed from their checkpoints, for the manifest it read.
+VALIDATION_RECORD = "validation_losses.json"
 
 
 def training_settings(setup: dict) -> dict:

@@ -3,12 +3,17 @@
 Light on purpose (no pandas, no torch): the report, ``snaketune status`` and the evaluation job
 (the ``best`` checkpoint) read the same per-epoch losses, ``{"epoch_N": {"train_loss",
 "val_loss"}}`` (the manifest's ``losses``, or the recipe's ``snaketune_losses.json`` while the
-run trains).
+run trains), completed by the validate job's record for epochs trained without validation
+(:func:`run_losses`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
+
+from snaketune.state import MANIFEST, VALIDATION_RECORD, read_record
 
 # A run overfits when its validation loss rose this many epochs in a row.
 OVERFITTING_RISES = 2
@@ -60,9 +65,37 @@ def overfitting_note(losses: dict | None) -> str:
     return f"overfitting: validation loss rose {last - first} epochs in a row (epoch {first} {values[first]:.4g} -> epoch {last} {values[last]:.4g})"
 
 
-def best_outdated(sidecar: dict | None, manifest: dict | None) -> str | None:
-    """Why a ``best`` evaluation evaluated another epoch than the manifest's best, or None."""
-    epoch = best_epoch((manifest or {}).get("losses"))
+def best_outdated(sidecar: dict | None, losses: dict | None) -> str | None:
+    """Why a ``best`` evaluation evaluated another epoch than the run's best now (``losses``:
+    its per-epoch losses, :func:`run_losses`), or None."""
+    epoch = best_epoch(losses)
     if sidecar is not None and epoch is not None and sidecar.get("epoch") != epoch:
         return f"the best epoch by validation loss is now epoch {epoch}, it evaluated epoch {sidecar.get('epoch')}"
     return None
+
+
+def merged_losses(manifest: dict | None, record: dict | None) -> dict:
+    """The manifest's per-epoch losses, each missing validation loss taken from the validate
+    job's record when that record was made for this manifest's training (digest, fingerprint)."""
+    manifest = manifest or {}
+    losses = copy.deepcopy(manifest.get("losses") or {})
+    if record and all(record.get(key) == manifest.get(key) for key in ("training_digest", "fingerprint")):
+        for key, value in (record.get("val_losses") or {}).items():
+            entry = losses.setdefault(key, {"train_loss": None, "val_loss": None})
+            if entry.get("val_loss") is None:
+                entry["val_loss"] = value
+    return losses
+
+
+def run_losses(run_dir: Path, manifest: dict | None = None) -> dict:
+    """A trained run's per-epoch losses (manifest plus the validate job's record)."""
+    manifest = read_record(run_dir / MANIFEST) if manifest is None else manifest
+    return merged_losses(manifest, read_record(run_dir / VALIDATION_RECORD))
+
+
+def unvalidated_epochs(manifest: dict | None, record: dict | None = None) -> list[int]:
+    """The epochs of a finished training that have no validation loss (yet)."""
+    losses = merged_losses(manifest, record)
+    epochs = [int(key.removeprefix("epoch_")) for key in (manifest or {}).get("epochs", {})]
+    validated = val_losses(losses)
+    return sorted(epoch for epoch in epochs if epoch not in validated)

@@ -13,6 +13,7 @@ from snaketune.scaffold import eval_log_name
 from snaketune.state import (
     MANIFEST,
     SUCCESS,
+    VALIDATION_RECORD,
     evaluation_digest,
     evaluation_outdated,
     read_record,
@@ -21,7 +22,7 @@ from snaketune.state import (
     training_outdated,
     write_record,
 )
-from snaketune.validation import best_outdated
+from snaketune.validation import best_outdated, run_losses, unvalidated_epochs
 
 
 def load_plan(summary: Path, config: dict) -> ExperimentPlan:
@@ -84,8 +85,34 @@ def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, check
     sidecar = read_record(sidecar_path(log))
     why = evaluation_outdated(sidecar, digests["evaluation"][task], digests.get("training"))
     if why is None and checkpoint == BEST:
-        why = best_outdated(sidecar, read_record(plan.directory / run.run_dir / MANIFEST))
+        why = validation_rerun_reason(plan, run) or best_outdated(sidecar, run_losses(plan.directory / run.run_dir))
     return why
+
+
+def validation_rerun_reason(plan: ExperimentPlan, run: RunPlan) -> str | None:
+    """Why the run's validate job must run: it validates during training, its finished training
+    is current, and epochs of it have no validation loss (trained before validation was on)."""
+    if not run.fine_tuned or not run.setup["training"]["validation"]:
+        return None
+    directory = plan.directory / run.run_dir
+    if not (directory / MANIFEST).exists() or training_rerun_reason(plan, run):
+        return None  # the training to come validates every epoch itself
+    manifest = read_record(directory / MANIFEST)
+    missing = unvalidated_epochs(manifest, read_record(directory / VALIDATION_RECORD))
+    if not missing:
+        return None
+    return f"epoch(s) {', '.join(map(str, missing))} were trained without validation"
+
+
+def validation_records(plan: ExperimentPlan) -> list[str]:
+    """The validate jobs' records the workflow asks for: of runs that need one now or have one."""
+    return [
+        f"{run.run_dir}/{VALIDATION_RECORD}"
+        for run in plan.runs
+        if run.fine_tuned
+        and run.setup["training"]["validation"]
+        and ((plan.directory / run.run_dir / VALIDATION_RECORD).exists() or validation_rerun_reason(plan, run))
+    ]
 
 
 def best_checkpoint_notes(plan: ExperimentPlan, limit: int = 3) -> list[str]:
