@@ -8,6 +8,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 from e2e_helpers import planned_jobs, row, snakemake, write_summary
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +71,13 @@ def test_best_by_validation_loss_evaluates_the_epoch_of_lowest_validation_loss(t
     assert [line.split("val_loss:")[1].split()[0] for line in log.splitlines() if "val_loss:" in line] == [
         str(val[epoch]) for epoch in range(3)
     ]
+
+    # the validate job's loss of a saved epoch (the merged checkpoint) is the training's, up to rounding
+    from snaketune import validate
+
+    config = yaml.safe_load((run_dir / "finetune.yaml").read_text())
+    recomputed = validate.validation_losses(run_dir, [best], manifest, config)
+    assert recomputed[f"epoch_{best}"] == pytest.approx(val[best], rel=1e-5)
 
     # done is done: nothing to redo, and nothing said about deciding
     again = snakemake(summary, "-n")
