@@ -84,11 +84,29 @@ class Training:
     def losses(self) -> dict[int, tuple[str, str]]:
         return {step: (loss, lr) for step, loss, lr in self.logged_steps}
 
+    def val_losses(self) -> dict[int, float]:
+        """Step -> the validation loss logged in its metric-log record (steps that validated)."""
+        from snaketune.results import read_training_log
 
-def finetune_config(directory: Path, assets: Path, settings: Settings, policy: dict | None = None, wandb: dict | None = None) -> Path:
+        log = read_training_log(self.output_dir / "logs")
+        if "val_loss" not in log:
+            return {}
+        return {int(row.step): float(row.val_loss) for row in log.dropna(subset=["val_loss"]).itertuples()}
+
+    def epoch_losses(self) -> dict:
+        """The recipe's per-epoch record of training and validation losses."""
+        from snaketune.state import EPOCH_LOSSES
+
+        return json.loads((self.output_dir / EPOCH_LOSSES).read_text())
+
+
+def finetune_config(
+    directory: Path, assets: Path, settings: Settings, policy: dict | None = None, wandb: dict | None = None, training: dict | None = None
+) -> Path:
     """The finetune.yaml the workflow renders for one tiny-model run, with ``settings``, the
-    policy keys ``policy`` (e.g. ``save_every_steps``) and W&B on when ``wandb`` is a config
-    ``wandb`` section."""
+    policy keys ``policy`` (e.g. ``save_every_steps``), W&B on when ``wandb`` is a config
+    ``wandb`` section, and the config's ``training`` defaults updated by ``training`` (e.g.
+    ``{"validation": True}``: rendered as the workflow renders it, with its ``dataset_val``)."""
     from snaketune.parse import read_summary
     from snaketune.plan import plan_experiment
     from snaketune.render import dump_yaml, finetune_config
@@ -97,6 +115,7 @@ def finetune_config(directory: Path, assets: Path, settings: Settings, policy: d
     summary = write_summary(directory, assets, [row("only", settings.lora_rank, str(settings.learning_rate))], epochs=settings.epochs)
     workflow = workflow_config()
     workflow["wandb"].update(wandb or {})
+    workflow["training"].update(training or {})
     (run,) = plan_experiment(read_summary(summary), workflow, {}).runs
     config = finetune_config(run.setup)
     output_dir = str(directory / "checkpoints")
@@ -119,9 +138,11 @@ def train(
     kills: Sequence[str | Stop] = (),
     policy: dict | None = None,
     wandb: Sequence[dict | None] = (),
+    training: dict | None = None,
 ) -> Training:
     """Train until done; attempt *i* (0-based) is interrupted at ``kills[i]``, the next one resumes.
-    ``wandb[i]``: attempt *i* logs to W&B (offline) with this config ``wandb`` section (default: off)."""
+    ``wandb[i]``: attempt *i* logs to W&B (offline) with this config ``wandb`` section (default: off).
+    ``training``: config ``training`` defaults to change (e.g. validation on)."""
     from snaketune.finetune import resume_point
 
     output_dir = directory / "checkpoints"
@@ -132,15 +153,15 @@ def train(
     }
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), HF_HUB_OFFLINE="1")
     env.pop("SNAKETUNE_FAULT", None)
-    training = Training(output_dir, [])
+    made = Training(output_dir, [])
     for attempt in range(len(kills) + 1):
-        config = finetune_config(directory, assets, settings, policy, wandb[attempt] if attempt < len(wandb) else None)
+        config = finetune_config(directory, assets, settings, policy, wandb[attempt] if attempt < len(wandb) else None, training)
         command = [str(TUNE), "run", RECIPE, "--config", str(config)]
         if attempt:
             resume = resume_point(output_dir, settings.epochs, geometry)
             assert resume is not None, f"attempt {attempt - 1} left nothing to resume from"
             command.append(resume["override"])
-            training.resumes.append(command[5:])
+            made.resumes.append(command[5:])
         kill = kills[attempt] if attempt < len(kills) else None
         fault = f"{kill.point}@{directory / 'never'}" if isinstance(kill, Stop) else kill
         attempt_env = dict(env, SNAKETUNE_FAULT=fault) if fault else env
@@ -152,9 +173,9 @@ def train(
                 _wait_for_text(log_path, f"holding at {kill.point} ", process)
                 process.send_signal(kill.signum)
             code = process.wait(timeout=900)
-        training.exit_codes.append(code)
+        made.exit_codes.append(code)
         text = log_path.read_text()
-        training.attempt_steps.append([int(step) for _, step in PROGRESS.findall(text)])
+        made.attempt_steps.append([int(step) for _, step in PROGRESS.findall(text)])
         expected = 0 if kill is None else 128 + kill.signum if isinstance(kill, Stop) else -signal.SIGKILL
         if code != expected:
             raise AssertionError(f"attempt {attempt} exited {code}, not {expected}:\n{text[-3000:]}")
@@ -162,8 +183,8 @@ def train(
         for line in log.read_text().splitlines():
             match = STEP_LINE.match(line)
             if match:
-                training.logged_steps.append((int(match.group(1)), match.group(2), match.group(3)))
-    return training
+                made.logged_steps.append((int(match.group(1)), match.group(2), match.group(3)))
+    return made
 
 
 def _wait_for_text(path: Path, text: str, process: subprocess.Popen, timeout: float = 900) -> None:

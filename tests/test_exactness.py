@@ -8,12 +8,14 @@ on, so the saved RNG states are part of what is proven.
 
 from __future__ import annotations
 
+import math
 import signal
 
 import pytest
 import torch
 from exactness import Settings, Stop, assert_same_training, recipe_state, train
 
+from snaketune.finetune import write_manifest
 from snaketune.resumable_recipe import RNG_KEY, merged_checkpoint
 from snaketune.step_state import STEP_STATE
 
@@ -61,6 +63,48 @@ def test_stopped_mid_accumulation_drops_the_partial_step(tmp_path, demo_assets, 
     assert resumed.exit_codes == [128 + signal.SIGINT, 0]
     assert resumed.attempt_steps[0][-1] == 4 and resumed.attempt_steps[1][0] == 5
     assert_same_training(resumed, uninterrupted(ACCUMULATING), ACCUMULATING.epochs)
+
+
+@pytest.mark.e2e
+def test_validation_leaves_the_training_unchanged(tmp_path, demo_assets, uninterrupted):
+    # validation loss every 2 steps and at each epoch's end (steps 5, 10, 15); dropout is on
+    validated = train(tmp_path, demo_assets, SETTINGS, training={"validation": True, "validate_every_steps": 2})
+    assert_same_training(validated, uninterrupted(SETTINGS), SETTINGS.epochs)
+    assert uninterrupted(SETTINGS).val_losses() == {}
+    val_losses = validated.val_losses()
+    assert sorted(val_losses) == [2, 4, 5, 6, 8, 10, 12, 14, 15]
+    assert all(math.isfinite(loss) and loss > 0 for loss in val_losses.values())
+    epochs = validated.epoch_losses()
+    assert sorted(epochs) == ["epoch_0", "epoch_1", "epoch_2"]
+    train_losses = {step: float(loss) for step, (loss, _) in validated.losses().items()}
+    for epoch in range(SETTINGS.epochs):
+        entry = epochs[f"epoch_{epoch}"]
+        last = (epoch + 1) * SETTINGS.steps_per_epoch
+        assert entry["step"] == last
+        assert entry["val_loss"] == val_losses[last]  # the epoch's record is its last step's validation
+        steps = [train_losses[step] for step in range(last - SETTINGS.steps_per_epoch + 1, last + 1)]
+        # the token-weighted mean of the epoch's steps lies within them
+        assert min(steps) <= entry["train_loss"] <= max(steps)
+        assert entry["train_tokens"] > 0
+    # the manifest carries them, per epoch
+    manifest = write_manifest(tmp_path / "run", validated.output_dir, SETTINGS.epochs)
+    assert manifest["losses"] == {key: {"train_loss": e["train_loss"], "val_loss": e["val_loss"]} for key, e in epochs.items()}
+    # without validation the manifest has the training losses only
+    reference = write_manifest(tmp_path / "reference", uninterrupted(SETTINGS).output_dir, SETTINGS.epochs)
+    assert all(e["val_loss"] is None and e["train_loss"] > 0 for e in reference["losses"].values())
+
+
+@pytest.mark.e2e
+def test_validating_resumed_training_equals_uninterrupted(tmp_path, demo_assets, uninterrupted):
+    # stopped mid-epoch 1 with validation on: the step state carries the epoch's loss sums
+    validation = {"validation": True, "validate_every_steps": 3}
+    resumed = train(tmp_path, demo_assets, SETTINGS, kills=[Stop("recipe:step-7")], training=validation)
+    assert_same_training(resumed, uninterrupted(SETTINGS), SETTINGS.epochs)
+    assert {3, 5, 6, 9, 10, 12, 15} <= set(resumed.val_losses())
+    reference = write_manifest(tmp_path / "reference", uninterrupted(SETTINGS).output_dir, SETTINGS.epochs)["losses"]
+    epochs = resumed.epoch_losses()
+    # the same training: the same token-weighted epoch losses, the interrupted epoch included
+    assert [epochs[key]["train_loss"] for key in reference] == pytest.approx([e["train_loss"] for e in reference.values()], rel=1e-12)
 
 
 def test_saving_a_checkpoint_leaves_the_live_model_unchanged():

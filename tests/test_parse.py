@@ -125,6 +125,12 @@ def test_row_values_keep_their_text(summary_file):
         ("epoch 0 and epoch 2", "0,2"),
         ("0,1", "0,1"),
         ("all", "all"),
+        ("Best by validation loss", "best"),
+        ("best epoch", "best"),
+        ("BEST BY VAL LOSS", "best"),
+        ("best and last", "best,last"),
+        ("best epoch and epoch 0", "best,0"),
+        ("the epoch with the lowest validation loss", "best"),
         ("nothing said", None),
     ],
 )
@@ -257,3 +263,16 @@ def test_non_utf8_names_the_line(summary_file):
     path.write_bytes(MINIMAL.encode() + b"\n- \xff\xfe bad\n")
     with pytest.raises(SummaryError, match="line 16: the file is not valid UTF-8"):
         read_summary(path)
+
+
+def test_best_by_validation_loss_in_matrix_cells_plans_the_best_checkpoint(config):
+    from snaketune.plan import plan_experiment
+
+    experiment = read_summary(DATA / "best_epoch.md")
+    assert experiment.eval_matrix[("r8_hot", "wordcase")] == "best,last"
+    assert experiment.eval_matrix[("r8_cold", "wordcase")] == "best"
+    assert experiment.eval_sentence == "best"  # "at the epoch with the best validation loss"
+    runs = {run.name: run for run in plan_experiment(experiment, config, {}).runs}
+    assert [e.checkpoint for e in runs["r8_hot"].evaluations] == ["epoch_2", "best"]
+    assert [e.checkpoint for e in runs["r8_cold"].evaluations] == ["best"]
+    assert [e.checkpoint for e in runs["base"].evaluations] == ["base"]

@@ -83,3 +83,59 @@ def test_a_batch_larger_than_the_training_split_is_warned_about_at_its_line(tmp_
     snakemake(summary, "scaffold", "--cores", "1")
     sizes = yaml.safe_load((tmp_path / "exp" / ".snaketune" / "dataset_sizes.json").read_text())
     assert list(sizes.values()) == [400]  # read once, then served from the cache
+
+
+def _with_validation(summary):
+    """Turn on "Validation during training" in a summary; returns the line it is on."""
+    text = summary.read_text().replace("- **Batch size:** 8\n", "- **Batch size:** 8\n- **Validation during training:** Yes\n", 1)
+    summary.write_text(text)
+    return text.splitlines().index("- **Validation during training:** Yes") + 1
+
+
+def test_validation_without_a_validation_split_is_rejected_with_file_line_and_cause(tmp_path, demo_assets):
+    import json
+
+    from e2e_helpers import row, write_summary
+
+    summary = write_summary(tmp_path / "exp", demo_assets, [row("val", 8, "1e-3")])
+    line = _with_validation(summary)
+    splits = json.loads((demo_assets / "data" / "wordcase.json").read_text())
+    dataset = tmp_path / "no_validation.json"
+    dataset.write_text(json.dumps({"train": splits["train"][:20], "test": splits["test"][:5]}))
+    summary.write_text(summary.read_text().replace(str(demo_assets / "data" / "wordcase.json"), str(dataset)))
+    result = snakemake(summary, "-n", check=False)
+    assert result.returncode != 0
+    expected = f"{summary}, line {line}: validation during training is on, but dataset {dataset} has no 'validation' split"
+    assert expected in result.stdout + result.stderr
+    # an empty split is rejected too
+    dataset.write_text(json.dumps({"train": splits["train"][:20], "validation": [], "test": splits["test"][:5]}))
+    result = snakemake(summary, "-n", check=False)
+    assert result.returncode != 0
+    assert f"{summary}, line {line}: validation during training is on, but the 'validation' split of {dataset} is empty" in (
+        result.stdout + result.stderr
+    )
+    assert written_by_us(summary.parent) == ["experiment_summary.md"]
+
+
+def test_validation_on_a_dataset_not_here_is_a_warning_and_the_job_fails_early(cluster_summary, tmp_path):
+    import json
+
+    from snaketune.finetune import FinetuneError, _check_inputs
+
+    text = cluster_summary.read_text()
+    line = len(text[: text.index("- **Epochs:**")].splitlines()) + 1
+    cluster_summary.write_text(text.replace("- **Epochs:**", "- **Validation during training:** Yes\n- **Epochs:**", 1))
+    result = snakemake(cluster_summary, "-n")
+    assert f"{cluster_summary}, line {line}: validation during training is on; dataset" in result.stdout + result.stderr
+    assert "is not on this machine, so its 'validation' split is not checked here" in result.stdout + result.stderr
+    # where the job runs: a dataset without the split fails before any training
+    dataset = tmp_path / "no_validation.json"
+    dataset.write_text(json.dumps({"train": [{"input": "a", "output": "A"}]}))
+    config = {
+        "checkpointer": {"checkpoint_dir": str(tmp_path)},
+        "dataset": {"data_files": str(dataset)},
+        "validation": True,
+        "dataset_val": {"source": "json", "data_files": str(dataset), "field": "validation"},
+    }
+    with pytest.raises(FinetuneError, match=f"validation is on, but {dataset} has no 'validation' split"):
+        _check_inputs(config)

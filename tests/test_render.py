@@ -13,7 +13,7 @@ from conftest import DATA
 
 from snaketune.parse import read_summary
 from snaketune.plan import plan_experiment
-from snaketune.render import RESUMABLE_RECIPE
+from snaketune.render import RESUMABLE_RECIPE, finetune_config
 from snaketune.scaffold import write_run_files
 
 
@@ -173,10 +173,30 @@ def test_eval_script_matches_evaluate_resources(tmp_path, config, summary_file, 
     assert "wordcase/epoch_1" in script  # the pairs it evaluates, in its header
 
 
-def test_settings_torchtune_cannot_honour_are_warned_about(config):
+def test_validation_during_training_is_rendered_for_the_recipe(config):
     experiment_plan = plan(DATA / "old_generation.md", config)  # "Validation during training: Yes"
+    assert not [w for w in experiment_plan.warnings if "validation during training" in w]
+    run = experiment_plan.runs[0]
+    rendered = finetune_config(run.setup)
+    assert rendered["validation"] is True and rendered["validate_every_steps"] == 0
+    assert rendered["dataset_val"] == {**rendered["dataset"], "field": "validation", "packed": False}
+    # validation is policy: neither the training digest nor the checkpoint fingerprint sees it
+    from snaketune.finetune import fingerprint
+    from snaketune.state import training_digest
+
+    off = {**run.setup, "training": {**run.setup["training"], "validation": False, "validate_every_steps": 0}}
+    on = {**run.setup, "training": {**run.setup["training"], "validate_every_steps": 7}}
+    assert training_digest(off) == training_digest(on)
+    assert "dataset_val" not in finetune_config(off)
+    assert fingerprint(finetune_config(off)) == fingerprint(finetune_config(on))
+
+
+def test_validation_with_the_distributed_recipe_is_warned_about(config, tmp_path):
+    summary = tmp_path / "experiment_summary.md"
+    summary.write_text((DATA / "old_generation.md").read_text().replace("- **GPUs:** 1", "- **GPUs:** 2"))
+    experiment_plan = plan(summary, config)
     assert [w for w in experiment_plan.warnings if "validation during training" in w] == [
-        f"{DATA / 'old_generation.md'}, line 49: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
+        f"{summary}, line 49: validation during training is computed by snaketune's single-device recipe only; lora_finetune_distributed trains without it"
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -71,13 +72,27 @@ def write_scored_log(template, out: Path, accuracy: float, model_path: str) -> N
     write_eval_log(log, str(out))
 
 
-def write_training_log(log_dir: Path, losses: dict[int, float], started: int) -> None:
+def write_training_log(log_dir: Path, losses: dict[int, float], started: int, val_losses: dict[int, float] | None = None) -> None:
+    """Records as snaketune's recipe writes them: a validation step's val_loss last in its record."""
     from torchtune.training.metric_logging import DiskLogger
 
     logger = DiskLogger(log_dir=str(log_dir), filename=f"log_{started}.txt")
     for step, loss in losses.items():
-        logger.log_dict({"loss": loss, "lr": 1e-3, "tokens_per_second_per_gpu": 100.0}, step=step)
+        record = {"loss": loss, "lr": 1e-3, "tokens_per_second_per_gpu": 100.0}
+        if step in (val_losses or {}):
+            record["val_loss"] = val_losses[step]
+        logger.log_dict(record, step=step)
     logger.close()
+
+
+# per run and epoch: (token-weighted training loss, validation loss); rank16_lr1e-3 is best at
+# epoch 0 (its validation loss rises), rank4_lr1e-4 trained without validation
+EPOCH_LOSSES = {
+    "rank4_lr1e-4": [(0.5, None), (0.25, None)],
+    "rank4_lr1e-3": [(0.4, 0.6), (0.2, 0.5)],
+    "rank16_lr1e-4": [(0.45, 0.7), (0.3, 0.55)],
+    "rank16_lr1e-3": [(0.3, 0.4), (0.1, 0.45)],
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +119,11 @@ def experiment(tmp_path_factory, config) -> Path:
                 template, run_dir / "eval" / "logs" / eval_log_name(evaluation.task, evaluation.checkpoint), accuracy, model_path
             )
         if run.fine_tuned:
-            (run_dir / "finetune_manifest.json").write_text("{}")
+            losses = {f"epoch_{e}": {"train_loss": t, "val_loss": v} for e, (t, v) in enumerate(EPOCH_LOSSES[run.run_dir])}
+            (run_dir / "finetune_manifest.json").write_text(json.dumps({"losses": losses}))
             logs = Path(run.setup["training"]["output_dir"]) / "logs"
-            write_training_log(logs, {step: 1.0 / step for step in range(1, 5)}, started=1000)
+            validated = {2 * (e + 1): v for e, (_, v) in enumerate(EPOCH_LOSSES[run.run_dir]) if v is not None}
+            write_training_log(logs, {step: 1.0 / step for step in range(1, 5)}, started=1000, val_losses=validated)
     return directory
 
 
@@ -133,6 +150,16 @@ def test_results_table_has_every_evaluation_with_its_parameters_and_scores(repor
     assert control["run"] == "tiny-llama_base" and control["checkpoint"] == "base" and pd.isna(control["epoch"])
     assert control["accuracy"] == pytest.approx(CONTROL_ACCURACY)
     assert (table["samples"] == 4).all() and (table["status"] == "success").all() and (table["task"] == "wordcase").all()
+    # each evaluated epoch's token-weighted training and validation loss, from the run's manifest
+    for run, epochs in EPOCH_LOSSES.items():
+        for epoch, (train_loss, val_loss) in enumerate(epochs):
+            found = table[(table["run"] == run) & (table["epoch"] == epoch)]
+            if (run, f"epoch_{epoch}") == NOT_EVALUATED:
+                assert found.empty
+                continue
+            assert found["train_loss"].item() == pytest.approx(train_loss)
+            assert pd.isna(found["val_loss"].item()) if val_loss is None else found["val_loss"].item() == pytest.approx(val_loss)
+    assert pd.isna(control["train_loss"]) and pd.isna(control["val_loss"])
     # whole-number parameters stay whole next to the control's empty cell
     assert "\n" + "rank4_lr1e-3,r4_fast,fine-tuned,wordcase,1,epoch_1,tiny-llama,4,0.001," in (reported / "results.csv").read_text()
 
@@ -177,12 +204,30 @@ def test_summary_names_best_run_control_factor_effects_and_missing_evaluation(re
     assert sections["Missing or failed"].count("\n- ") == 1 and f"`{missing}`: planned, no log" in sections["Missing or failed"]
     assert "| rank16_lr1e-3 | 4 | 1 | 0.25 |" in sections["Training"]
     assert "![training_loss](plots/training_loss.png)" in sections["Plots"]
+    assert "![validation_loss](plots/validation_loss.png)" in sections["Plots"]
+    # the best epoch by validation loss; a run without validation is not listed
+    validation = sections["Validation"]
+    assert "| rank16_lr1e-3 | 2 | 0 | 0.4 | 0.3 | 1 | 0.45 | no |" in validation
+    assert "| rank4_lr1e-3 | 2 | 1 | 0.5 | 0.2 | 1 | 0.5 | no |" in validation
+    assert "rank4_lr1e-4" not in validation
+
+
+def test_summary_flags_a_validation_loss_rising_two_epochs_in_a_row():
+    from snaketune.results import validation_rows
+
+    def losses(*values):
+        return {f"epoch_{e}": {"train_loss": 1.0 / (e + 1), "val_loss": v} for e, v in enumerate(values)}
+
+    rows = {row[0]: row for row in validation_rows({"rises": losses(0.9, 0.5, 0.6, 0.7), "once": losses(0.9, 0.5, 0.6, 0.55)})}
+    assert rows["rises"][2] == 1 and rows["rises"][7] == "overfitting: validation loss rose 2 epochs in a row (epoch 1 0.5 -> epoch 3 0.7)"
+    assert rows["once"][2] == 1 and rows["once"][7] == "no"  # one rise is noise, not a trend
 
 
 def test_plots_are_png_figures(reported):
     plots = sorted(path.name for path in (reported / "plots").iterdir())
     assert plots == [
         "training_loss.png",
+        "validation_loss.png",
         "wordcase_accuracy_by_epoch.png",
         "wordcase_accuracy_by_learning_rate.png",
         "wordcase_accuracy_by_lora_rank.png",
@@ -199,6 +244,13 @@ def test_resumed_training_log_keeps_each_steps_latest_value(tmp_path):
     assert log["step"].tolist() == [1, 2, 3, 4]
     assert log["loss"].tolist() == [2.0, 1.5, 1.1, 0.9]
     assert set(log.columns) == {"step", "loss", "lr", "tokens_per_second_per_gpu"}
+
+
+def test_a_record_with_a_validation_loss_reads_like_any_other(tmp_path):
+    write_training_log(tmp_path, {1: 2.0, 2: 1.5, 3: 1.2}, started=1700000000, val_losses={2: 1.7})
+    log = read_training_log(tmp_path)
+    assert log["loss"].tolist() == [2.0, 1.5, 1.2]  # no NaN training loss at the validated step
+    assert log["val_loss"].iloc[1] == 1.7 and log["val_loss"].isna().sum() == 2
 
 
 def wandb_logger_config(config: dict, **wandb) -> dict:
@@ -251,3 +303,22 @@ def test_wandb_logger_config_is_what_torchtune_instantiates(tmp_path, config):
     instance.close()
     assert read_training_log(tmp_path / "logs")["loss"].tolist() == [0.5]
     assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_status_shows_the_last_validation_loss_its_trend_and_overfitting(tmp_path):
+    from snaketune.state import EPOCH_LOSSES
+    from snaketune.status import ExperimentStatus, RunStatus, _progress, table_rows
+
+    output_dir = tmp_path / "ck-out-run"
+    # three epochs of two steps, validated at each epoch's end: 0.5, 0.6, 0.7 (rising twice)
+    write_training_log(output_dir / "logs", {step: 1.0 / step for step in range(1, 7)}, started=1000, val_losses={2: 0.5, 4: 0.6, 6: 0.7})
+    epochs = {f"epoch_{e}": {"train_loss": 0.3, "val_loss": v} for e, v in enumerate([0.5, 0.6, 0.7])}
+    write_atomic(output_dir / EPOCH_LOSSES, json.dumps(epochs))
+    status = RunStatus("run", "run", "fine-tuned", state="completed", epochs=3)
+    _progress(status, output_dir, "max_steps_per_epoch=2", finished=True)
+    assert status.last_loss == pytest.approx(1 / 6) and status.last_val_loss == pytest.approx(0.7)
+    assert status.val_loss_trend == "↑"
+    assert "overfitting: validation loss rose 2 epochs in a row (epoch 0 0.5 -> epoch 2 0.7)" in status.flags
+    assert not [flag for flag in status.flags if "NaN" in flag]  # records with val_loss have their loss
+    cell = table_rows(ExperimentStatus("exp", "experiment_summary.md", [status], 0, False))[0]["loss"]
+    assert cell == "0.167 ↓, val 0.7 ↑"

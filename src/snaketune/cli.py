@@ -25,6 +25,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from snaketune import validate
+
+    try:
+        validate.run(Path(args.run_dir))
+    except validate.ValidateError as exc:
+        print(f"snaketune validate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from snaketune import evaluate
 
@@ -126,7 +137,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from snaketune.results import Plan, ReportFiles, format_table, plan_on_disk, write_report
+    from snaketune.report import write_report
+    from snaketune.results import Plan, ReportFiles, format_table, plan_on_disk
 
     experiment_dir = _experiment_dir(args.experiment)
     if args.evaluations is None:
@@ -264,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     finetune.add_argument("command", nargs=argparse.REMAINDER, help="-- tune run ... --config finetune.yaml")
     finetune.set_defaults(func=cmd_finetune)
 
+    validate = commands.add_parser(
+        "validate", help="validation losses of a finished run's epochs trained without validation (the workflow's validate job)"
+    )
+    validate.add_argument("--run-dir", required=True)
+    validate.set_defaults(func=cmd_validate)
+
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate one run: every planned (task, checkpoint) that is missing or outdated (the workflow's job; eval/evaluate.slurm)",
@@ -373,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_of_job(args: argparse.Namespace) -> str:
     """The run directory a job command works on ("" for the others): fault points' scope."""
-    if args.name == "finetune":
+    if args.name in ("finetune", "validate"):
         return Path(args.run_dir).name
     if args.name == "evaluate":
         return Path(args.setup).absolute().parent.name

@@ -16,6 +16,11 @@ records its error in its sidecar and does not stop the others: the job exits 0 o
 has a log or a recorded failure (Snakemake would delete every output of a failing job), and the
 next run redoes exactly the failed pairs. Last, the job writes ``eval/evaluations.json``, the
 output Snakemake sees: what it did.
+
+The checkpoint ``best`` is the epoch with the lowest validation loss, decided here from the
+run's per-epoch losses (the manifest's, completed by the validate job's record), once every epoch
+has one: its sidecar records the ``epoch`` it resolved to, and the pair is outdated when the run's
+best epoch is another one (a retrained run re-decides).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from snaketune import faults
+from snaketune.parse import BEST
 from snaketune.plan import BUILTIN_TASK
 from snaketune.scaffold import eval_log_name, keep_aside
 from snaketune.state import (
@@ -41,6 +47,7 @@ from snaketune.state import (
     training_digest,
     write_record,
 )
+from snaketune.validation import best_epoch, best_outdated, run_losses, val_losses
 
 BUILTIN_TASK_FILE = Path(__file__).parent / "tasks" / "exact_match.py"
 # <run_dir>/eval/evaluations.json: the job's own output, written last
@@ -51,11 +58,28 @@ class EvaluateError(RuntimeError):
     pass
 
 
-def checkpoint_path(setup: dict, checkpoint: str, manifest: dict | None) -> Path:
+def resolve_checkpoint(checkpoint: str, manifest: dict | None, losses: dict | None = None) -> str:
+    """``epoch_N`` for a checkpoint name: ``best`` is the epoch of lowest validation loss
+    (``losses``: the run's per-epoch losses; default the manifest's), once every epoch has one."""
+    if checkpoint != BEST:
+        return checkpoint
+    losses = (manifest or {}).get("losses") if losses is None else losses
+    validated = val_losses(losses)
+    missing = [key for key in (manifest or {}).get("epochs", {}) if int(key.removeprefix("epoch_")) not in validated]
+    if not validated or missing:
+        raise EvaluateError(
+            f"the run's best epoch by validation loss cannot be decided: {', '.join(missing) or 'no epoch'} has no validation loss"
+            " (trained without validation: turn it on and rerun the workflow, whose validate job computes them)"
+        )
+    return f"epoch_{best_epoch(losses)}"
+
+
+def checkpoint_path(setup: dict, checkpoint: str, manifest: dict | None, losses: dict | None = None) -> Path:
     """The model directory evaluated: the base model for ``base``, else the epoch checkpoint
-    the run's manifest lists."""
+    the run's manifest lists (``best``: the one of lowest validation loss)."""
     if checkpoint == "base":
         return Path(setup["model_path"])
+    checkpoint = resolve_checkpoint(checkpoint, manifest, losses)
     if manifest is None or checkpoint not in manifest.get("epochs", {}):
         raise EvaluateError(f"the run's {MANIFEST} lists no {checkpoint} (has the run trained?)")
     return Path(manifest["epochs"][checkpoint])
@@ -76,10 +100,17 @@ def planned_pairs(setup: dict) -> list[tuple[str, str]]:
 def pairs_to_redo(setup: dict, run_dir: Path) -> list[tuple[str, str]]:
     """The planned pairs whose log is missing or whose sidecar says it is outdated."""
     trained = training_digest(setup) if setup["type"] == "fine-tuned" else None
+    manifest = read_record(run_dir / MANIFEST) if trained else None
+    losses = run_losses(run_dir, manifest) if trained else None
     redo = []
     for task, checkpoint in planned_pairs(setup):
         log = run_dir / "eval" / "logs" / eval_log_name(task, checkpoint)
-        if not log.exists() or evaluation_outdated(read_record(sidecar_path(log)), evaluation_digest(setup, task), trained):
+        sidecar = read_record(sidecar_path(log))
+        if (
+            not log.exists()
+            or evaluation_outdated(sidecar, evaluation_digest(setup, task), trained)
+            or (checkpoint == BEST and best_outdated(sidecar, losses))
+        ):
             redo.append((task, checkpoint))
     return redo
 
@@ -97,6 +128,8 @@ def run(setup_path: Path, only: list[tuple[str, str]] | None = None) -> list[dic
     todo = only or pairs_to_redo(setup, run_dir) or planned
     print(f"snaketune: evaluating {len(todo)} of {len(planned)} planned pair(s): {', '.join(f'{t}/{c}' for t, c in todo)}", flush=True)
     manifest = read_record(run_dir / MANIFEST) if setup["type"] == "fine-tuned" else None
+    if manifest is not None:  # its losses with the validate job's validation losses
+        manifest = {**manifest, "losses": run_losses(run_dir, manifest)}
     outcomes = []
     for checkpoint in dict.fromkeys(checkpoint for _, checkpoint in todo):
         tasks = [task for task, c in todo if c == checkpoint]
@@ -133,6 +166,11 @@ def _evaluate_checkpoint(setup: dict, setup_path: Path, checkpoint: str, tasks: 
             faults.reached("evaluate:after-sidecar", setup["run_dir"])
 
     try:
+        if checkpoint != "base":
+            # the epoch evaluated (for best: the one of lowest validation loss, decided now)
+            record["epoch"] = int(resolve_checkpoint(checkpoint, manifest).removeprefix("epoch_"))
+            if checkpoint == BEST:
+                print(f"snaketune: best epoch by validation loss: epoch_{record['epoch']}", flush=True)
         model_dir = checkpoint_path(setup, checkpoint, manifest)
         record["model_path"] = str(model_dir)
         model = _load_model(setup, model_dir)

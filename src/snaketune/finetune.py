@@ -51,8 +51,8 @@ from pathlib import Path
 import yaml
 
 from snaketune import faults, step_state, wandb_runs
-from snaketune.render import INTERRUPTION_KEYS, RESUMABLE_RECIPE, write_atomic
-from snaketune.state import MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
+from snaketune.render import INTERRUPTION_KEYS, RESUMABLE_RECIPE, VALIDATION_KEYS, write_atomic
+from snaketune.state import EPOCH_LOSSES, MANIFEST, RECIPE_RNG_KEY, read_record, training_digest, write_record
 
 FINGERPRINT = "snaketune_fingerprint.json"
 # Every attempt of the run's training (this job's and earlier ones'), beside the checkpoints.
@@ -61,7 +61,8 @@ ATTEMPTS = "snaketune_attempts.json"
 # training's: the resume switches, how and where metrics are logged (turning W&B on or off),
 # and when the training saves step states and requeues itself.
 RESUME_KEYS = ("resume_from_checkpoint", "resume_from_step_state", "max_steps_per_epoch", "metric_logger", "log_every_n_steps")
-RESUME_KEYS += INTERRUPTION_KEYS
+# Validating (on/off, how often, the validation split's dataset) changes nothing the training computes.
+RESUME_KEYS += INTERRUPTION_KEYS + VALIDATION_KEYS + ("dataset_val",)
 ATTEMPT_HEADER = "snaketune: finetune attempt started"
 ATTEMPTS_LOG = "finetune-attempts.log"
 MAX_OOM_RETRIES = 3
@@ -153,9 +154,22 @@ def steps_per_epoch(config: dict, processes: int) -> int:
 
 
 def _check_inputs(config: dict) -> None:
-    missing = [path for path in (config["checkpointer"]["checkpoint_dir"], config["dataset"]["data_files"]) if not Path(path).exists()]
+    paths = [config["checkpointer"]["checkpoint_dir"], config["dataset"]["data_files"]]
+    validation = config.get("dataset_val") if config.get("validation") else None
+    if validation:
+        paths.append(validation["data_files"])
+    missing = [path for path in dict.fromkeys(paths) if not Path(path).exists()]
     if missing:
         raise FinetuneError("missing on this machine: " + ", ".join(missing))
+    if validation:
+        field = validation["field"] if validation["source"] == "json" else None
+        try:
+            size = split_size(validation["data_files"], field)
+        except (KeyError, TypeError):
+            raise FinetuneError(f"validation is on, but {validation['data_files']} has no {field!r} split") from None
+        if size == 0:
+            split = repr(field) if field else "validation"
+            raise FinetuneError(f"validation is on, but the {split} split of {validation['data_files']} is empty")
 
 
 def _processes(command: list[str]) -> int:
@@ -459,11 +473,24 @@ def write_manifest(run_dir: Path, output_dir: Path, epochs: int, training: dict 
         "wandb_run_ids": [attempt["wandb"]["run_id"] for attempt in attempts if attempt.get("wandb")],
         "resumes_exact": exact,
         "inexact_resumes": reasons,
+        # per epoch: token-weighted mean training loss and validation loss (None: not validated)
+        "losses": epoch_losses(output_dir, epochs),
     }
     faults.reached("finetune:before-manifest", run_dir.name)
     write_record(run_dir / MANIFEST, manifest)
     faults.reached("finetune:after-manifest", run_dir.name)
     return manifest
+
+
+def epoch_losses(output_dir: Path, epochs: int) -> dict:
+    """``{"epoch_N": {"train_loss", "val_loss"}}`` from the recipe's record (None where unknown:
+    a training by an older snaketune, an epoch trained without validation)."""
+    recorded = read_record(output_dir / EPOCH_LOSSES) or {}
+    losses = {}
+    for epoch in range(epochs):
+        entry = recorded.get(f"epoch_{epoch}") or {}
+        losses[f"epoch_{epoch}"] = {"train_loss": entry.get("train_loss"), "val_loss": entry.get("val_loss")}
+    return losses
 
 
 def record_attempt(output_dir: Path, attempt: dict) -> None:

@@ -507,8 +507,29 @@ def _read_config(reader: _Reader) -> tuple[dict[str, str], dict[str, int]]:
 EPOCH_PHRASE = re.compile(r"epochs?\s*((?:\d+\s*(?:,|and|&|\+)?\s*(?:epoch\s*)?)+)", re.IGNORECASE)
 
 
-def epochs_phrase(text: str) -> str | None:
-    """ "last epoch" -> "last", "all epochs" -> "all", "epochs 0, 1" -> "0,1"; None if absent."""
+# The epoch with the lowest validation loss, decided after training (checkpoint "best").
+BEST_PHRASE = re.compile(
+    r"\bbest\s+(?:by|on)\s+(?:the\s+)?val(?:idation)?\s+loss\b|\bbest\s+epochs?\b|\b(?:best|lowest)\s+val(?:idation)?\s+loss\b",
+    re.IGNORECASE,
+)
+# ...also the bare word in a bullet or a matrix cell ("best and last"), not in prose
+BEST_WORD = re.compile(r"\bbest\b", re.IGNORECASE)
+BEST = "best"
+
+
+def epochs_phrase(text: str, bare_best: bool = True) -> str | None:
+    """ "last epoch" -> "last", "all epochs" -> "all", "epochs 0, 1" -> "0,1", "best by validation
+    loss" / "best epoch" -> "best" (combinable: "best and last" -> "best,last"); None if absent.
+    ``bare_best``: the word "best" alone counts (a bullet, a matrix cell; not the plan's prose)."""
+    best = BEST_PHRASE.search(text) or (bare_best and BEST_WORD.search(text))
+    if best:
+        rest = BEST_WORD.sub(" ", BEST_PHRASE.sub(" ", text))
+        other = _epochs_phrase(rest) if re.search(r"\w", rest) else None
+        return BEST if other is None else f"{BEST},{other}"
+    return _epochs_phrase(text)
+
+
+def _epochs_phrase(text: str) -> str | None:
     lowered = text.lower()
     if re.search(r"\ball\s+(\w+\s+)?epochs?\b|\bevery\s+epoch|\beach\s+epoch", lowered) or lowered.strip() == "all":
         return "all"
@@ -561,7 +582,7 @@ def _read_eval_plan(reader: _Reader) -> tuple[str | None, dict[tuple[str, str], 
                 matrix[(run, task)] = phrase
     prose_lines = [line.text for line in lines if not line.text.strip().startswith("|") and not line.text.strip().startswith("#")]
     prose = " ".join(prose_lines)
-    sentence = epochs_phrase(prose) if re.search(r"epoch", prose, re.IGNORECASE) else None
+    sentence = epochs_phrase(prose, bare_best=False) if re.search(r"epoch", prose, re.IGNORECASE) or BEST_PHRASE.search(prose) else None
     return stated, matrix, sentence
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snaketune.naming import run_directories, run_key
-from snaketune.parse import Experiment, Run, SummaryError
+from snaketune.parse import BEST, Experiment, Run, SummaryError
 
 RECIPES = ("lora_finetune_single_device", "lora_finetune_distributed")
 BUILTIN_TASK = "snaketune"
@@ -95,6 +95,16 @@ def parse_bool(value, where: tuple[Path, int], label: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise SummaryError(where[0], where[1], f"{label} {value!r} is not yes/no")
+
+
+def checkpoints_to_evaluate(phrase: str | None, epochs: int, where: tuple[Path, int]) -> list[str]:
+    """Checkpoints named by a phrase: ``epoch_N`` for the epochs it names, then ``best`` (the epoch
+    of lowest validation loss, decided after training) when it asks for that."""
+    parts = (phrase or "").split(",")
+    best = BEST in parts
+    rest = ",".join(part for part in parts if part != BEST)
+    chosen = [] if best and not rest else epochs_to_evaluate(rest or None, epochs, where)
+    return [f"epoch_{epoch}" for epoch in chosen] + ([BEST] if best else [])
 
 
 def epochs_to_evaluate(phrase: str | None, epochs: int, where: tuple[Path, int]) -> list[int]:
@@ -231,6 +241,7 @@ def _training(settings: _Settings, config: dict, output_dir: str) -> dict:
         "weight_decay": float(settings.defaults["weight_decay"]),
         "warmup_steps": int(settings.defaults["warmup_steps"]),
         "validation": settings.bool("validation"),
+        "validate_every_steps": int(settings.defaults["validate_every_steps"]),
         "packing": settings.bool("packing"),
         "max_seq_len": int(settings.defaults["max_seq_len"]),
         "seed": settings.int("seed"),
@@ -319,9 +330,9 @@ def plan_experiment(experiment: Experiment, config: dict, registry: dict[str, st
             training["recipe"], warning = _recipe_warning(training["recipe"], training["gpus"])
             if warning:
                 warnings.append(f"{experiment.path}, line {run.line}: {warning}")
-            if training["validation"]:
+            if training["validation"] and training["recipe"] != RECIPES[0]:
                 warnings.append(
-                    f"{experiment.path}, line {settings.where('validation')[1]}: validation during training is not run by torchtune 0.6.1's LoRA recipes; the setting is recorded in setup_finetune.yaml only"
+                    f"{experiment.path}, line {settings.where('validation')[1]}: validation during training is computed by snaketune's single-device recipe only; {training['recipe']} trains without it"
                 )
             if training["packing"]:
                 warnings.append(
@@ -395,6 +406,13 @@ def _evaluations(experiment: Experiment, run: Run, settings: _Settings, tasks: d
             continue
         phrase = experiment.eval_epochs or experiment.eval_matrix.get((run.name, task)) or experiment.eval_sentence
         epochs = int(settings.raw("epochs"))
-        for epoch in epochs_to_evaluate(phrase, epochs, (experiment.path, run.line)):
-            evaluations.append(Evaluation(task, f"epoch_{epoch}"))
+        for checkpoint in checkpoints_to_evaluate(phrase, epochs, (experiment.path, run.line)):
+            if checkpoint == BEST and not setup["training"]["validation"]:
+                raise SummaryError(
+                    experiment.path,
+                    run.line,
+                    f"run {run.name!r} evaluates its best epoch by validation loss ({task}), which needs validation during training:"
+                    " add '- **Validation during training:** Yes' to '## Configuration'",
+                )
+            evaluations.append(Evaluation(task, checkpoint))
     return evaluations

@@ -1,4 +1,8 @@
-"""The report's figures (matplotlib PNG): score vs each factor, score vs epoch, training loss."""
+"""The report's figures (matplotlib PNG): score vs each factor, score vs epoch (each run's
+best-validation-loss epoch marked), training loss, and training with validation loss.
+
+This module reads :mod:`snaketune.results`; results never imports it (:mod:`snaketune.report`
+uses both)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ matplotlib.use("Agg")  # jobs have no display; the report only writes files
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from snaketune.results import Results, level_order  # noqa: E402
+from snaketune.results import Results, best_val_epochs, level_order  # noqa: E402
+from snaketune.validation import val_losses  # noqa: E402
 
 # Beyond this many lines a legend hides the plot; the lines stay, the legend goes.
 MAX_LEGEND_ENTRIES = 20
@@ -82,15 +87,23 @@ def score_by_parameter(results: Results, task: str, parameter: str, out: Path) -
     return _finish(figure, axes, out, entries)
 
 
-def score_by_epoch(results: Results, task: str, out: Path) -> Path:
-    """One line per fine-tuned run through its evaluated epochs; controls as reference lines."""
+def score_by_epoch(results: Results, task: str, out: Path, best: dict[str, int] | None = None) -> Path:
+    """One line per fine-tuned run through its evaluated epochs; controls as reference lines;
+    each run's epoch of lowest validation loss (``best``: run -> epoch) circled when evaluated."""
     metric = results.primary_metric
-    rows = results.fine_tuned[results.fine_tuned["task"] == task].dropna(subset=[metric])
+    rows = results.by_epoch[results.by_epoch["task"] == task].dropna(subset=[metric, "epoch"])
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    marked = False
     for index, (run, run_rows) in enumerate(rows.groupby("run", sort=False)):
         run_rows = run_rows.sort_values("epoch")
         stderr = run_rows["stderr"] if metric == "accuracy" and "stderr" in run_rows else None
-        axes.errorbar(run_rows["epoch"].astype(int), run_rows[metric], yerr=stderr, fmt="o-", capsize=3, color=f"C{index % 10}", label=run)
+        color = f"C{index % 10}"
+        axes.errorbar(run_rows["epoch"].astype(int), run_rows[metric], yerr=stderr, fmt="o-", capsize=3, color=color, label=run)
+        at_best = run_rows[run_rows["epoch"] == (best or {}).get(run, -1)]
+        if len(at_best):
+            label = None if marked else "lowest validation loss"
+            axes.plot(at_best["epoch"].astype(int), at_best[metric], "o", markersize=13, fillstyle="none", color="black", label=label)
+            marked = True
     controls = results.controls[results.controls["task"] == task]
     _control_lines(axes, controls, metric)
     epochs = sorted(int(epoch) for epoch in rows["epoch"].dropna().unique())
@@ -98,7 +111,7 @@ def score_by_epoch(results: Results, task: str, out: Path) -> Path:
     axes.set_xlabel("epoch (0-indexed)")
     axes.set_ylabel(metric)
     axes.set_title(f"{task}: {metric} by epoch")
-    return _finish(figure, axes, out, rows["run"].nunique() + len(controls))
+    return _finish(figure, axes, out, rows["run"].nunique() + len(controls) + marked)
 
 
 def training_loss(losses: dict[str, pd.DataFrame], out: Path) -> Path:
@@ -112,20 +125,53 @@ def training_loss(losses: dict[str, pd.DataFrame], out: Path) -> Path:
     return _finish(figure, axes, out, len(losses))
 
 
-def write_plots(results: Results, losses: dict[str, pd.DataFrame], plots_dir: Path) -> list[Path]:
-    """Every figure the results support, into ``plots_dir`` (replacing its previous figures)."""
+def training_and_validation_loss(losses: dict[str, pd.DataFrame], epochs: dict[str, dict], out: Path) -> Path:
+    """Per run (one color each): the training loss per step (thin line) and, beside it on the
+    right, the validation loss at every step that validated (markers; the epoch ends' records
+    when the step log has none). Two panels keep 16 runs readable; the legend goes beyond 20."""
+    runs = list(dict.fromkeys([*losses, *epochs]))
+    colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
+    figure, (train_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for index, run in enumerate(runs):
+        color = colors(index % colors.N)
+        log = losses.get(run)
+        if log is not None:
+            train_axes.plot(log["step"], log["loss"], linewidth=0.8, alpha=0.8, color=color, label=run)
+        if log is not None and "val_loss" in log and log["val_loss"].notna().any():
+            points = log.dropna(subset=["val_loss"])
+            val_axes.plot(points["step"], points["val_loss"], "o-", markersize=3, linewidth=1, color=color, label=run)
+        elif val_losses(epochs.get(run)):
+            values = val_losses(epochs[run])
+            val_axes.plot(list(values), list(values.values()), "o-", markersize=3, linewidth=1, color=color, label=run)
+            val_axes.set_xlabel("epoch (0-indexed) / step")
+    train_axes.set_xlabel("step")
+    train_axes.set_ylabel("loss")
+    train_axes.set_title("Training loss")
+    train_axes.grid(alpha=0.3)
+    val_axes.set_xlabel(val_axes.get_xlabel() or "step")
+    val_axes.set_title("Validation loss")
+    return _finish(figure, val_axes, out, len(runs))
+
+
+def write_plots(results: Results, losses: dict[str, pd.DataFrame], plots_dir: Path, epochs: dict[str, dict] | None = None) -> list[Path]:
+    """Every figure the results support, into ``plots_dir`` (replacing its previous figures).
+    ``epochs``: run -> its manifest's per-epoch losses (validation curves, best epochs)."""
+    epochs = epochs or {}
+    best = best_val_epochs(epochs)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for old in plots_dir.glob("*.png"):
         old.unlink()  # a figure of a factor that no longer varies would mislead
     written = []
     metric = results.primary_metric
-    evaluated_epochs = results.fine_tuned.groupby("task")["epoch"].nunique()
+    evaluated_epochs = results.by_epoch.groupby("task")["epoch"].nunique()
     for task in dict.fromkeys(results.table["task"]):
         for parameter in results.varying_parameters():
             out = plots_dir / f"{_file_part(task)}_{metric}_by_{_file_part(parameter)}.png"
             written.append(score_by_parameter(results, task, parameter, out))
         if evaluated_epochs.get(task, 0) > 1:
-            written.append(score_by_epoch(results, task, plots_dir / f"{_file_part(task)}_{metric}_by_epoch.png"))
+            written.append(score_by_epoch(results, task, plots_dir / f"{_file_part(task)}_{metric}_by_epoch.png", best))
     if losses:
         written.append(training_loss(losses, plots_dir / "training_loss.png"))
+    if best:
+        written.append(training_and_validation_loss(losses, epochs, plots_dir / "validation_loss.png"))
     return written

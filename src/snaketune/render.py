@@ -28,6 +28,9 @@ RESUMABLE_RECIPE = "snaketune/resumable_recipe.py"
 # setup["training"] keys copied into finetune.yaml: step-state saves (the recipe) and
 # self-requeueing before a SLURM time limit (the finetune job). Policy, not training settings.
 INTERRUPTION_KEYS = ("save_every_steps", "save_every_minutes", "requeue_margin_minutes", "max_requeues")
+# setup["training"] keys copied into finetune.yaml for the recipe's validation loss (policy too:
+# validating does not change what the training computes).
+VALIDATION_KEYS = ("validation", "validate_every_steps")
 # The finetune job's own sbatch options: SLURM may requeue it (preemption, or its own
 # `scontrol requeue` before the time limit), and a requeued job appends to its output file.
 FINETUNE_SBATCH_EXTRA = ("--requeue", "--open-mode=append")
@@ -169,9 +172,14 @@ def finetune_config(setup: dict) -> dict:
         "log_every_n_steps": training["log_every_n_steps"],
         # snaketune's own keys (its recipe and job wrapper read them; torchtune ignores them)
         **{key: training[key] for key in INTERRUPTION_KEYS},
+        "validation": bool(training.get("validation")),
+        "validate_every_steps": int(training.get("validate_every_steps") or 0),
         "log_peak_memory_stats": on_gpu,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
+    if config["validation"]:
+        # every sample of the split, unpacked (the recipe's own loader: in order, nothing dropped)
+        config["dataset_val"] = {**_dataset_component(setup, training["validation_split"]), "packed": False}
     if "wandb" in setup:
         # offline: compute nodes often have no internet; `wandb sync` uploads the runs later.
         # The disk log stays (the report's loss curves read it).

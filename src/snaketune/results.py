@@ -1,13 +1,15 @@
 """An experiment's results: the table of every evaluation, training losses, and the summary.
 
 Scores are read with inspect-ai's own log API (``read_eval_log``), never by unpacking files;
-training losses come from the text logs of torchtune's ``DiskLogger``.
+per-step training (and validation) losses come from the text logs of torchtune's ``DiskLogger``,
+each epoch's token-weighted training and validation loss from the run's manifest. The figures
+are :mod:`snaketune.plots`' (which imports this module, never the other way round) and
+:mod:`snaketune.report` writes the whole report.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,11 +19,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from snaketune.render import write_atomic
 from snaketune.scaffold import EVAL_LOG, eval_log_name
-from snaketune.state import SUCCESS, read_record, sidecar_path
+from snaketune.state import MANIFEST, SUCCESS, VALIDATION_RECORD, read_record, sidecar_path
+from snaketune.validation import best_epoch, overfitting_note, run_losses, val_losses
 
 FIRST_COLUMNS = ["run", "run_name", "type", "task", "epoch", "checkpoint"]
+# the evaluated epoch's token-weighted training and validation loss (the run's manifest)
+LOSS_COLUMNS = ["train_loss", "val_loss"]
 LAST_COLUMNS = ["scorer", "samples", "status", "model_path", "log"]
 # The score that ranks runs and is plotted; where no scorer reports it, the first metric with values.
 PRIMARY_METRIC = "accuracy"
@@ -40,7 +44,24 @@ def _read_setup(path: Path, mtime_ns: int) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _run_dir_of_log(log_path: Path) -> Path:
+def run_manifest(run_dir: Path) -> dict:
+    """The run's ``finetune_manifest.json`` ({} when there is none), its ``losses`` completed by
+    the validate job's record; read once per version of the two files."""
+    path, record = run_dir.absolute() / MANIFEST, run_dir.absolute() / VALIDATION_RECORD
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _read_manifest(path, stamp, record.stat().st_mtime_ns if record.exists() else 0)
+
+
+@cache
+def _read_manifest(path: Path, mtime_ns: int, record_mtime_ns: int) -> dict:
+    manifest = read_record(path) or {}
+    return {**manifest, "losses": run_losses(path.parent, manifest)}
+
+
+def run_dir_of_log(log_path: Path) -> Path:
     """``<run_dir>/eval/logs/<task>_<checkpoint>.eval`` -> ``<run_dir>``."""
     return log_path.parent.parent.parent
 
@@ -73,9 +94,16 @@ class Results:
         runs = self.fine_tuned.drop_duplicates("run")
         return [p for p in self.parameters if runs[p].dropna().astype(str).nunique() > 1]
 
+    @property
+    def by_epoch(self) -> pd.DataFrame:
+        """The fine-tuned evaluations, one per (run, task, epoch): a ``best`` evaluation only
+        where no ``epoch_N`` evaluation of its epoch exists (it is the same checkpoint)."""
+        rows = self.fine_tuned.assign(_best=self.fine_tuned["checkpoint"] == "best").sort_values("_best", kind="stable")
+        return rows.drop_duplicates(["run", "task", "epoch"]).drop(columns="_best").sort_index()
+
     def final_epochs(self) -> pd.DataFrame:
         """Each fine-tuned run's evaluation at the last epoch evaluated for each task."""
-        fine_tuned = self.fine_tuned.sort_values("epoch", kind="stable")
+        fine_tuned = self.by_epoch.sort_values("epoch", kind="stable")
         return fine_tuned.groupby(["run", "task"], sort=False).tail(1).sort_index()
 
 
@@ -91,7 +119,7 @@ def evaluation_row(log_path: Path) -> tuple[dict, list[str], list[str]]:
     name = EVAL_LOG.match(log_path.name)
     if name is None:
         raise ValueError(f"{log_path} is not named <task>_<checkpoint>.eval")
-    setup = run_setup(_run_dir_of_log(log_path))
+    setup = run_setup(run_dir_of_log(log_path))
     log = read_eval_log(str(log_path), header_only=True)
     checkpoint = name.group("checkpoint")
     row = {
@@ -102,6 +130,8 @@ def evaluation_row(log_path: Path) -> tuple[dict, list[str], list[str]]:
         "epoch": int(checkpoint.removeprefix("epoch_")) if checkpoint.startswith("epoch_") else None,
         "checkpoint": checkpoint,
     }
+    if checkpoint == "best":  # the epoch of lowest validation loss it resolved to (its sidecar)
+        row["epoch"] = (read_record(sidecar_path(log_path)) or {}).get("epoch")
     parameters = []
     for parameter, value in setup["table"].items():
         # a parameter column named like one of ours ("task", "epoch") must not replace it
@@ -115,6 +145,10 @@ def evaluation_row(log_path: Path) -> tuple[dict, list[str], list[str]]:
         for metric in score.metrics.values():
             row[prefix + metric.name] = metric.value
             metrics.append(prefix + metric.name)
+    evaluated = checkpoint if row["epoch"] is None else f"epoch_{row['epoch']}"
+    epoch_losses = (run_manifest(run_dir_of_log(log_path)).get("losses") or {}).get(evaluated) or {}
+    for column in LOSS_COLUMNS:
+        row[column] = epoch_losses.get(column)
     row["scorer"] = ",".join(score.name for score in scores)
     row["samples"] = log.results.completed_samples if log.results else 0
     row["status"] = log.status
@@ -130,9 +164,11 @@ def collect_results(logs: list[Path]) -> Results:
         rows.append(row)
         parameters.update(dict.fromkeys(row_parameters))
         metrics.update(dict.fromkeys(row_metrics))
-    columns = [*FIRST_COLUMNS, *parameters, *metrics, *LAST_COLUMNS]
+    columns = [*FIRST_COLUMNS, *parameters, *metrics, *LOSS_COLUMNS, *LAST_COLUMNS]
     table = pd.DataFrame(rows, columns=columns)
     table["epoch"] = table["epoch"].astype("Int64")
+    for column in LOSS_COLUMNS:
+        table[column] = pd.to_numeric(table[column])
     for column in parameters:
         values = [row[column] for row in rows if row.get(column) is not None]
         # whole-number parameters stay whole next to a control's empty cell (rank 4, not 4.0)
@@ -182,6 +218,21 @@ def training_losses(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
     return losses
 
 
+def epoch_losses(run_dirs: list[Path]) -> dict[str, dict]:
+    """Run directory name -> its manifest's per-epoch losses, for trained runs that have any."""
+    found = {}
+    for run_dir in run_dirs:
+        losses = run_manifest(run_dir).get("losses")
+        if losses:
+            found[run_setup(run_dir)["run_dir"]] = losses
+    return found
+
+
+def best_val_epochs(losses: dict[str, dict]) -> dict[str, int]:
+    """Run -> its epoch with the lowest validation loss, for runs that validated."""
+    return {run: epoch for run, per_epoch in losses.items() if (epoch := best_epoch(per_epoch)) is not None}
+
+
 @dataclass
 class Plan:
     """What the experiment asks for: the evaluation logs and the fine-tuned runs' manifests."""
@@ -220,24 +271,6 @@ class ReportFiles:
     @classmethod
     def under(cls, results_dir: Path) -> ReportFiles:
         return cls(results_dir / "results.csv", results_dir / "summary.md", results_dir / "plots")
-
-
-def write_report(plan: Plan, files: ReportFiles) -> Results:
-    """results.csv, the plots and summary.md from the evaluation logs that exist."""
-    from snaketune.plots import write_plots
-
-    results = collect_results([path for path in plan.evaluations if path.is_file()])
-    write_atomic(files.table, results.table.to_csv(index=False))
-    run_dirs = [path.parent for path in plan.trainings] + [_run_dir_of_log(path) for path in plan.evaluations]
-    run_dirs = [run_dir for run_dir in dict.fromkeys(run_dirs) if (run_dir / "setup_finetune.yaml").is_file()]
-    experiment = run_setup(run_dirs[0])["experiment"] if run_dirs else ""
-    losses = training_losses([path.parent for path in plan.trainings if path.parent in run_dirs])
-    plots = write_plots(results, losses, files.plots)
-    # linked from summary.md, so relative to it: the results folder can be copied as a whole
-    plot_links = [Path(os.path.relpath(path, files.summary.parent)) for path in plots]
-    summary = summary_markdown(results, plan, losses, plot_links, experiment)
-    write_atomic(files.summary, summary)
-    return results
 
 
 # --- summary.md ---------------------------------------------------------------------------
@@ -294,7 +327,23 @@ def factor_effects(results: Results, parameter: str) -> pd.DataFrame:
     return final.groupby([parameter, "task"], sort=True)[metric].agg(["mean", "min", "max", "count"]).reset_index()
 
 
-def summary_markdown(results: Results, plan: Plan, losses: dict[str, pd.DataFrame], plots: list[Path], experiment: str = "") -> str:
+def validation_rows(losses: dict[str, dict]) -> list[list]:
+    """Per validated run: epochs validated, best epoch and its loss, last loss, overfitting."""
+    rows = []
+    for run, per_epoch in losses.items():
+        values = val_losses(per_epoch)
+        if not values:
+            continue
+        best = best_epoch(per_epoch)
+        last = max(values)
+        trains = {int(k.removeprefix("epoch_")): e.get("train_loss") for k, e in per_epoch.items() if isinstance(e, dict)}
+        rows.append([run, len(values), best, values[best], trains.get(best), last, values[last], overfitting_note(per_epoch) or "no"])
+    return rows
+
+
+def summary_markdown(
+    results: Results, plan: Plan, losses: dict[str, pd.DataFrame], plots: list[Path], experiment: str = "", epochs: dict | None = None
+) -> str:
     metric, table = results.primary_metric, results.table
     varying = results.varying_parameters()
     tasks = list(dict.fromkeys(table["task"]))
@@ -372,6 +421,16 @@ def summary_markdown(results: Results, plan: Plan, losses: dict[str, pd.DataFram
         lines += ["", "## Training", ""]
         rows = [[run, int(log["step"].iloc[-1]), log["loss"].iloc[0], log["loss"].iloc[-1]] for run, log in losses.items()]
         lines.append(markdown_table(["run", "steps", "first loss", "last loss"], rows))
+    validated = validation_rows(epochs or {})
+    if validated:
+        lines += ["", "## Validation", ""]
+        lines.append(
+            "Per run the epoch with the lowest validation loss (token-weighted over the validation split, at the epoch's end);"
+            " a run overfits when its validation loss rose 2 or more epochs in a row."
+        )
+        lines.append("")
+        header = ["run", "epochs validated", "best epoch", "val loss", "train loss", "last epoch", "last val loss", "overfitting"]
+        lines.append(markdown_table(header, validated))
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{path.stem}]({path.as_posix()})" for path in plots]

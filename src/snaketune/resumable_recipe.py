@@ -27,6 +27,19 @@ and redone on resume), then exits with 128 + the signal number. ``resume_from_st
 (set by the finetune job) continues from it: torchtune's own resume is not used then (it needs
 an epoch checkpoint, which a first epoch does not have), the step state holds everything.
 
+Validation (``validation: True``, the ``dataset_val`` split; snaketune's keys, torchtune ignores
+them): at each epoch's end, and every ``validate_every_steps`` optimizer steps when that is set,
+the token-weighted mean loss over the whole split (sum of the token losses / number of target
+tokens), in eval mode, without gradients, inside ``torch.random.fork_rng()`` with the Python and
+NumPy generators restored after it: iterating a DataLoader draws from the global generators, and
+validating must not change the training (the exactness test proves it). ``val_loss`` is logged in
+the same metric-log record as that step's training loss (a validation step always gets one, so
+every record has a ``loss``). Each epoch's token-weighted mean training loss and its validation
+loss go to ``snaketune_losses.json`` (EPOCH_LOSSES) beside the checkpoints (the finetune job copies them into the
+manifest); a step state carries the sums of the epoch in progress. ``validate_only: True``
+(snaketune's validate job, :mod:`snaketune.validate`) loads a saved epoch as the base model
+(LoRA's B starts at zero: the merged model) and writes its validation loss to ``validate_output``.
+
 Run as ``tune run snaketune/resumable_recipe.py --config ...``: torchtune imports a custom
 recipe given as a path as the module ``snaketune.resumable_recipe`` (a dotted name would lose
 its last part to ``os.path.splitext``). The distributed recipe gathers copies for saving and
@@ -51,6 +64,8 @@ from torchtune.modules.peft import get_adapter_state_dict, get_lora_module_names
 from tqdm import tqdm
 
 from snaketune import faults, step_state
+from snaketune.render import write_atomic
+from snaketune.state import EPOCH_LOSSES
 from snaketune.state import RECIPE_RNG_KEY as RNG_KEY
 from snaketune.state import RECIPE_SAMPLER_SEED_KEY as SAMPLER_SEED_KEY
 
@@ -58,6 +73,8 @@ log = utils.get_logger("DEBUG")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # torchtune's sampler seed before snaketune seeded it from the config
 TORCHTUNE_SAMPLER_SEED = 0
+# The step state's sums of the epoch in progress (token-weighted training loss).
+EPOCH_LOSS_SUM, EPOCH_TOKENS = "epoch_loss_sum", "epoch_tokens"
 
 
 def _torchtune_recipe():
@@ -130,6 +147,13 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         self._snapshot = None
         self._saved_step = 0
         self._stop_signal = None
+        self._validation = bool(cfg.get("validation", False))
+        self._validate_every_steps = int(cfg.get("validate_every_steps") or 0) if self._validation else 0
+        self._val_dataloader = None
+        # the epoch in progress: sum of its token losses and its target tokens (None: unknown,
+        # a step state of an older snaketune)
+        self._epoch_loss_sum = 0.0
+        self._epoch_tokens = 0
 
     def load_checkpoint(self, cfg_checkpointer: DictConfig) -> dict:
         if self._resume_from_step_state:
@@ -164,12 +188,75 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
                 num_training_steps=self.total_epochs * self._steps_per_epoch,
                 last_epoch=self.global_step - 1,
             )
+        if self._validation:
+            self._val_dataloader = self._setup_validation(cfg)
         # last: building the model drew from the generators (LoRA initialisation)
         if self._saved_rng_states is not None:
             restore_rng_states(self._saved_rng_states)
         self._saved_step = self.global_step
         # the run directory's name, for run-scoped fault points: checkpoints are ck-out-<run_dir>
         self._run_dir = Path(cfg.output_dir).name.removeprefix("ck-out-")
+
+    def _setup_validation(self, cfg: DictConfig):
+        """The validation split in order, every sample (no shuffling, no dropped last batch)."""
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from torchtune.config._utils import _get_component_from_path
+
+        if cfg.get("dataset_val") is None:
+            raise ValueError("validation: True needs dataset_val (the validation split's dataset)")
+        generators = rng_states()
+        with torch.random.fork_rng(devices=[]):
+            dataset = config.instantiate(cfg.dataset_val, self._tokenizer)
+        restore_rng_states(generators)
+        if len(dataset) == 0:
+            raise ValueError(f"the validation split {cfg.dataset_val.get('data_files')} is empty")
+        collate = _get_component_from_path(cfg.get("collate_fn", "torchtune.data.padded_collate_sft"))
+        collate = partial(collate, padding_idx=self._tokenizer.pad_id, ignore_idx=self._loss_fn.ignore_index)
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, drop_last=False, collate_fn=collate)
+
+    def validation_loss(self) -> float:
+        """Token-weighted mean loss over the validation split; the training state is untouched:
+        no gradients, eval mode (no dropout), and every generator as it was."""
+        generators = rng_states()
+        was_training = self._model.training
+        total, tokens = 0.0, 0
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self._model.eval()
+            try:
+                for batch in self._val_dataloader:
+                    utils.batch_to_device(batch, self._device)
+                    # the tokens the loss averages over: the labels shifted by one (_loss_step)
+                    count = int((batch["labels"][..., 1:] != self._loss_fn.ignore_index).sum())
+                    if count:
+                        total += float(self._loss_step(batch)) * count
+                        tokens += count
+            finally:
+                self._model.train(was_training)
+        restore_rng_states(generators)
+        if not tokens:
+            raise ValueError("the validation split has no target tokens")
+        return total / tokens
+
+    def _record_epoch_losses(self, epoch: int, val_loss: float | None) -> None:
+        """This epoch's losses into LOSSES (a redone epoch replaces its entry)."""
+        import json
+
+        path = Path(self._output_dir) / EPOCH_LOSSES
+        try:
+            losses = json.loads(path.read_text())
+        except (OSError, ValueError):
+            losses = {}
+        known = self._epoch_loss_sum is not None and self._epoch_tokens
+        losses[f"epoch_{epoch}"] = {
+            "step": self.global_step,
+            "train_loss": self._epoch_loss_sum / self._epoch_tokens if known else None,
+            "train_tokens": self._epoch_tokens if known else None,
+            "val_loss": val_loss,
+        }
+        write_atomic(path, json.dumps(losses, indent=1, sort_keys=True) + "\n")
 
     def _continue_from_step_state(self, cfg: DictConfig) -> None:
         state, self._step_state = self._step_state, None
@@ -196,6 +283,8 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         if self._resume_batches < self._epoch_batches:
             self._dataloader.load_state_dict(state[training.DATALOADER_KEY])
         self._step_rng_states = state[RNG_KEY]
+        self._epoch_loss_sum = state.get(EPOCH_LOSS_SUM)
+        self._epoch_tokens = int(state.get(EPOCH_TOKENS) or 0)
         print(
             f"snaketune: resumed from the step state at step {self.global_step} "
             f"(epoch {self.epochs_run + 1} of {self.total_epochs}, {self._resume_batches} of {self._epoch_batches} batches)",
@@ -215,6 +304,8 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
             step_state.BATCHES: batches,
             training.DATALOADER_KEY: self._dataloader.state_dict(),
             RNG_KEY: rng_states(),
+            EPOCH_LOSS_SUM: self._epoch_loss_sum,
+            EPOCH_TOKENS: self._epoch_tokens,
         }
 
     def _save_step_state(self, why: str) -> None:
@@ -272,6 +363,9 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         with self._profiler as prof:
             for curr_epoch in range(self.epochs_run, self.total_epochs):
                 first, self._resume_batches = self._resume_batches, 0
+                if not first:
+                    self._epoch_loss_sum, self._epoch_tokens = 0.0, 0
+                epoch_val_loss = None
                 pbar = tqdm(total=self._steps_per_epoch, initial=first // accumulation)
                 self._dataloader.sampler.set_epoch(curr_epoch)
                 # the dataloader continues where a loaded state left off; idx counts from there
@@ -307,12 +401,26 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
                         self._optimizer.zero_grad(set_to_none=True)
                         self._lr_scheduler.step()
                         self.global_step += 1
+                        time_per_step = time.perf_counter() - t0  # before a validation
 
-                        loss_to_log = running_loss.item() / num_tokens
+                        step_loss_sum, step_tokens = running_loss.item(), int(num_tokens)
+                        loss_to_log = step_loss_sum / num_tokens
+                        if self._epoch_loss_sum is not None:
+                            self._epoch_loss_sum += step_loss_sum
+                        self._epoch_tokens += step_tokens
                         pbar.update(1)
                         pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log}")
-                        if self.global_step % self._log_every_n_steps == 0:
-                            time_per_step = time.perf_counter() - t0
+                        last_of_epoch = (idx + 1) // accumulation == self._steps_per_epoch
+                        val_loss = None
+                        if self._validation and (
+                            last_of_epoch or (self._validate_every_steps and self.global_step % self._validate_every_steps == 0)
+                        ):
+                            val_loss = self.validation_loss()
+                            if last_of_epoch:
+                                epoch_val_loss = val_loss
+                            print(f"snaketune: step {self.global_step}: validation loss {val_loss:.6g}", flush=True)
+                        # a validation step always gets its record: val_loss beside that step's loss
+                        if self.global_step % self._log_every_n_steps == 0 or val_loss is not None:
                             log_dict = {
                                 "loss": loss_to_log,
                                 "lr": self._optimizer.param_groups[0]["lr"],
@@ -322,6 +430,8 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
                                 log_dict.update(training.get_memory_stats(device=self._device))
                             if self._clip_grad_norm is not None:
                                 log_dict.update({"grad_norm": grad_norm})
+                            if val_loss is not None:  # last: readers of "Step N | loss:… lr:…" stay right
+                                log_dict["val_loss"] = val_loss
                             self._metric_logger.log_dict(log_dict, step=self.global_step)
 
                         self._snapshot = self._take_snapshot(curr_epoch, idx + 1)
@@ -349,6 +459,11 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
                         break
 
                 self.epochs_run += 1
+                if self._validation and epoch_val_loss is None:
+                    # resumed from a step state saved after the epoch's last step (its record is logged)
+                    epoch_val_loss = self.validation_loss()
+                    print(f"snaketune: step {self.global_step}: validation loss {epoch_val_loss:.6g}", flush=True)
+                self._record_epoch_losses(curr_epoch, epoch_val_loss)
                 start_save_checkpoint = time.perf_counter()
                 log.info("Starting checkpoint save...")
                 self.save_checkpoint(epoch=curr_epoch)
@@ -397,6 +512,15 @@ def recipe_main(cfg: DictConfig) -> None:
     config.log_config(recipe_name="ResumableLoRAFinetuneRecipeSingleDevice", cfg=cfg)
     recipe = ResumableLoRAFinetuneRecipeSingleDevice(cfg=cfg)
     recipe.setup(cfg=cfg)
+    if cfg.get("validate_only"):
+        # snaketune's validate job: the validation loss of the checkpoint loaded, nothing trained
+        import json
+
+        loss = recipe.validation_loss()
+        write_atomic(Path(cfg.validate_output), json.dumps({"val_loss": loss}) + "\n")
+        print(f"snaketune: validation loss {loss:.6g}", flush=True)
+        recipe.cleanup()
+        return
     try:
         recipe.train()
     except Stopped as stopped:

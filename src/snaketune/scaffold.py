@@ -16,8 +16,8 @@ SETUP_HEADER = "# Rendered by snaketune from experiment_summary.md: edit the sum
 EVALUATE_SCRIPT = Path("eval") / "evaluate.slurm"
 
 
-# <task>_<checkpoint>.eval, checkpoint being epoch_N or base (a control's base model)
-EVAL_LOG = re.compile(r"^(?P<task>.+)_(?P<checkpoint>base|epoch_\d+)\.eval$")
+# <task>_<checkpoint>.eval, checkpoint being epoch_N, best (lowest validation loss) or base (a control's base model)
+EVAL_LOG = re.compile(r"^(?P<task>.+)_(?P<checkpoint>base|best|epoch_\d+)\.eval$")
 
 
 def eval_log_name(task: str, checkpoint: str) -> str:

@@ -22,17 +22,23 @@ import hashlib
 import json
 from pathlib import Path
 
-from snaketune.render import INTERRUPTION_KEYS, write_atomic
+from snaketune.render import INTERRUPTION_KEYS, VALIDATION_KEYS, write_atomic
 
 MANIFEST = "finetune_manifest.json"
 # setup["training"] / setup["evaluation"] keys that are policy, not settings of the result
-TRAINING_POLICY = ("validation", "log_every_n_steps", *INTERRUPTION_KEYS)
+TRAINING_POLICY = (*VALIDATION_KEYS, "log_every_n_steps", *INTERRUPTION_KEYS)
 EVALUATION_POLICY = ("tasks", "batch_size")
 SUCCESS = "success"
 # The key of the generators' states in torchtune's recipe_state.pt (snaketune's recipe saves them).
 RECIPE_RNG_KEY = "snaketune_rng_states"
 # ...and of the seed of the data order (absent: torchtune's 0, in a state of an older snaketune)
 RECIPE_SAMPLER_SEED_KEY = "snaketune_sampler_seed"
+# Beside the checkpoints, written by snaketune's recipe at each epoch's end: per epoch its
+# token-weighted training loss and its validation loss (None when not validated).
+EPOCH_LOSSES = "snaketune_losses.json"
+# <run>/validation_losses.json, written by the validate job: the validation losses of epochs
+# trained without validation, computed from their checkpoints, for the manifest it read.
+VALIDATION_RECORD = "validation_losses.json"
 
 
 def training_settings(setup: dict) -> dict:

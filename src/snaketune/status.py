@@ -33,7 +33,8 @@ from snaketune.finetune import ATTEMPT_HEADER, ATTEMPTS, DIVERGED, MANIFEST, OUT
 from snaketune.plan import ExperimentPlan, RunPlan
 from snaketune.render import write_atomic
 from snaketune.scaffold import eval_log_name
-from snaketune.state import SUCCESS, read_record, sidecar_path
+from snaketune.state import EPOCH_LOSSES, SUCCESS, read_record, sidecar_path
+from snaketune.validation import overfitting_note
 from snaketune.wandb_runs import WandbRun, training_runs, zombie
 from snaketune.workflow import evaluation_rerun_reason, training_rerun_reason
 
@@ -126,6 +127,9 @@ class RunStatus:
     progress: float | None = None
     last_loss: float | None = None
     loss_trend: str = ""
+    # the last validation loss logged and its trend against the one before (validating runs)
+    last_val_loss: float | None = None
+    val_loss_trend: str = ""
     oom_retries: int = 0
     # from its attempts record: where the latest attempt resumed, how often SLURM started the
     # job again (own_requeues: by snaketune before the time limit), what each interruption lost
@@ -228,6 +232,19 @@ def loss_trend(losses: list[float]) -> str:
     if recent < before * 0.95:
         return "↓"
     if recent > before * 1.05:
+        return "↑"
+    return "→"
+
+
+def val_loss_trend(losses: list[float]) -> str:
+    """↓, → or ↑: the last validation loss against the one before (a validation pass covers the
+    whole split, so two passes compare directly)."""
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    if len(finite) < 2:
+        return ""
+    if finite[-1] < finite[-2] * 0.99:
+        return "↓"
+    if finite[-1] > finite[-2] * 1.01:
         return "↑"
     return "→"
 
@@ -451,6 +468,14 @@ def _progress(status: RunStatus, output_dir: Path, attempt: str, finished: bool)
         bad = losses[~losses["loss"].map(math.isfinite)]
         if len(bad):
             status.flags.append(f"NaN/Inf loss from step {int(bad['step'].iloc[0])}: the checkpoints are not usable")
+    if "val_loss" in metrics and metrics["val_loss"].notna().any():
+        validated = metrics["val_loss"].dropna().tolist()
+        status.last_val_loss = float(validated[-1])
+        status.val_loss_trend = val_loss_trend(validated)
+    # the epochs' validation losses (the recipe's record, also while the run trains)
+    note = overfitting_note(read_record(output_dir / EPOCH_LOSSES))
+    if note:
+        status.flags.append(note)
     if status.total_steps:
         status.progress = min(1.0, (status.step or 0) / status.total_steps)
         if status.step and per_epoch[-1]:
@@ -600,6 +625,8 @@ def table_rows(status: ExperimentStatus, links: bool = False) -> list[dict[str, 
             if run.progress is not None:
                 progress += f" ({run.progress:.0%})"
         loss = "" if run.last_loss is None else f"{_cell(run.last_loss)} {run.loss_trend}".strip()
+        if run.last_val_loss is not None:
+            loss = f"{loss or '-'}, val {_cell(run.last_val_loss)} {run.val_loss_trend}".strip()
         notes = [run.cause] if run.cause else []
         if run.oom_retries:
             notes.append(f"OOM recovered x{run.oom_retries}" if run.state == "completed" else f"{run.oom_retries} OOM retries")

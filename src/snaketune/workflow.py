@@ -7,12 +7,13 @@ from pathlib import Path
 
 from snaketune.config_check import check_config
 from snaketune.naming import load_registry
-from snaketune.parse import read_summary
+from snaketune.parse import BEST, read_summary
 from snaketune.plan import BUILTIN_TASK, ExperimentPlan, RunPlan, plan_experiment
 from snaketune.scaffold import eval_log_name
 from snaketune.state import (
     MANIFEST,
     SUCCESS,
+    VALIDATION_RECORD,
     evaluation_digest,
     evaluation_outdated,
     read_record,
@@ -21,6 +22,7 @@ from snaketune.state import (
     training_outdated,
     write_record,
 )
+from snaketune.validation import best_outdated, run_losses, unvalidated_epochs
 
 
 def load_plan(summary: Path, config: dict) -> ExperimentPlan:
@@ -80,7 +82,56 @@ def evaluation_rerun_reason(plan: ExperimentPlan, run: RunPlan, task: str, check
     if run.fine_tuned and training_rerun_reason(plan, run):
         return "its run's training is redone"
     digests = settings_digests(run)
-    return evaluation_outdated(read_record(sidecar_path(log)), digests["evaluation"][task], digests.get("training"))
+    sidecar = read_record(sidecar_path(log))
+    why = evaluation_outdated(sidecar, digests["evaluation"][task], digests.get("training"))
+    if why is None and checkpoint == BEST:
+        why = validation_rerun_reason(plan, run) or best_outdated(sidecar, run_losses(plan.directory / run.run_dir))
+    return why
+
+
+def validation_rerun_reason(plan: ExperimentPlan, run: RunPlan) -> str | None:
+    """Why the run's validate job must run: it validates during training, its finished training
+    is current, and epochs of it have no validation loss (trained before validation was on)."""
+    if not run.fine_tuned or not run.setup["training"]["validation"]:
+        return None
+    directory = plan.directory / run.run_dir
+    if not (directory / MANIFEST).exists() or training_rerun_reason(plan, run):
+        return None  # the training to come validates every epoch itself
+    manifest = read_record(directory / MANIFEST)
+    missing = unvalidated_epochs(manifest, read_record(directory / VALIDATION_RECORD))
+    if not missing:
+        return None
+    return f"epoch(s) {', '.join(map(str, missing))} were trained without validation"
+
+
+def validation_records(plan: ExperimentPlan) -> list[str]:
+    """The validate jobs' records the workflow asks for: of runs that need one now or have one."""
+    return [
+        f"{run.run_dir}/{VALIDATION_RECORD}"
+        for run in plan.runs
+        if run.fine_tuned
+        and run.setup["training"]["validation"]
+        and ((plan.directory / run.run_dir / VALIDATION_RECORD).exists() or validation_rerun_reason(plan, run))
+    ]
+
+
+def best_checkpoint_notes(plan: ExperimentPlan, limit: int = 3) -> list[str]:
+    """What the dry run says of each ``best`` evaluation still to do: which epochs it chooses
+    from, and that it is decided after training (the first ``limit`` runs, then a count)."""
+    notes = []
+    for run in plan.runs:
+        tasks = [e.task for e in run.evaluations if e.checkpoint == BEST]
+        if not tasks or all(evaluation_rerun_reason(plan, run, task, BEST) is None for task in tasks):
+            continue
+        last = int(run.setup["training"]["epochs"]) - 1
+        epochs = "epoch 0" if last == 0 else f"epochs 0–{last}"
+        notes.append(
+            f"{run.run_dir}: evaluates the best epoch by validation loss ({', '.join(f'{t}_best.eval' for t in tasks)}):"
+            f" best of {epochs}, decided after training"
+        )
+    if len(notes) > limit:
+        notes = notes[:limit] + [f"(and {len(notes) - limit} more runs evaluate their best epoch, decided after training)"]
+    return notes
 
 
 def scaffold_payload(run: RunPlan) -> str:
@@ -130,6 +181,61 @@ def batch_warnings(plan: ExperimentPlan) -> list[str]:
                 f" accumulation is larger than the {split!r} split of {path} ({known[key]} samples): it would never take a training step"
             )
     return warnings
+
+
+def validation_split_problems(plan: ExperimentPlan) -> tuple[list[str], list[str]]:
+    """Runs that validate during training, checked against their dataset's validation split:
+    errors (the dataset is here and the split is missing or empty: the file, the summary's line
+    and the cause) and warnings (the dataset is not on this machine: the finetune job checks it
+    where it runs). For the driver only; each dataset is read once (sizes cached as in
+    :func:`batch_warnings`)."""
+    from snaketune.finetune import split_size
+
+    known = plan.dataset_sizes
+    known.update(read_record(plan.directory / DATASET_SIZES) or {})
+    errors, warnings, seen = [], [], set()
+    source = plan.experiment
+    for run in plan.runs:
+        if not run.fine_tuned or not run.setup["training"]["validation"]:
+            continue
+        setup, training = run.setup, run.setup["training"]
+        split = training["validation_split"]
+        path = setup["dataset"] if setup["dataset_format"] == "json" else str(Path(setup["dataset"]) / f"{split}.parquet")
+        if (path, split) in seen:
+            continue
+        seen.add((path, split))
+        row = next(r for r in source.runs if r.name == run.name)
+        if "validation" in row.params:
+            where = f"{source.path}, line {row.line}"
+        elif "validation" in source.config_lines:
+            where = f"{source.path}, line {source.config_lines['validation']}"
+        else:
+            where = f"{source.path}, line {row.line} (run {run.name!r}; training.validation in the config)"
+        if not Path(setup["dataset"]).exists():
+            warnings.append(
+                f"{where}: validation during training is on; dataset {setup['dataset']} is not on this machine, so its {split!r} split"
+                " is not checked here (the finetune job fails early where it runs if it is missing or empty)"
+            )
+            continue
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            errors.append(
+                f"{where}: validation during training is on, but dataset {setup['dataset']} has no {split!r} split ({path} does not exist)"
+            )
+            continue
+        key = f"{path}|{split}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in known:
+            try:
+                known[key] = split_size(path, split if setup["dataset_format"] == "json" else None)
+            except (KeyError, TypeError):
+                errors.append(f"{where}: validation during training is on, but dataset {path} has no {split!r} split")
+                continue
+            except Exception:  # an unreadable dataset is the finetune job's error to report
+                continue
+        if known[key] == 0:
+            errors.append(f"{where}: validation during training is on, but the {split!r} split of {path} is empty")
+    return errors, warnings
 
 
 def store_dataset_sizes(plan: ExperimentPlan) -> None:

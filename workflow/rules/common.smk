@@ -23,6 +23,10 @@ from snaketune.workflow import (
     missing_paths,
     scaffold_payload,
     training_rerun_reason,
+    validation_split_problems,
+    best_checkpoint_notes,
+    validation_records,
+    validation_rerun_reason,
 )
 
 try:
@@ -53,6 +57,14 @@ for warning in PLAN.warnings + missing_paths(PLAN):
 if workflow.exec_mode == ExecMode.DEFAULT:
     for warning in cached_parity_warnings(PLAN) + batch_warnings(PLAN):
         logger.warning(f"snaketune: {warning}")
+    # validation during training needs a validation split: rejected here when it is not
+    VALIDATION_ERRORS, VALIDATION_WARNINGS = validation_split_problems(PLAN)
+    if VALIDATION_ERRORS:
+        raise WorkflowError("snaketune: " + "\nsnaketune: ".join(VALIDATION_ERRORS))
+    for warning in VALIDATION_WARNINGS:
+        logger.warning(f"snaketune: {warning}")
+    for note in best_checkpoint_notes(PLAN):
+        logger.info(f"snaketune: {note}")
 
 
 # Every run's files live in its directory inside the experiment directory.
@@ -71,6 +83,8 @@ os.environ["PATH"] = (
 )
 FINE_TUNED = [run for run in PLAN.runs if run.fine_tuned]
 CONTROLS = [run for run in PLAN.runs if not run.fine_tuned]
+# The validate jobs' records (runs that validate and have, or now need, one): computed once.
+VALIDATION_RECORDS = validation_records(PLAN)
 
 
 def _alternatives(names):
@@ -193,7 +207,26 @@ def get_evaluate_input(wildcards):
         inputs["manifest"] = rerun_edge(
             f"{wildcards.run}/finetune_manifest.json", record, why
         )
+    validation = f"{wildcards.run}/validation_losses.json"
+    if any(e.checkpoint == "best" for e in run.evaluations) and (
+        validation in VALIDATION_RECORDS
+    ):
+        # the best epoch is decided once every epoch has its validation loss (a stable input:
+        # ancient once the record is current)
+        needed = validation_rerun_reason(PLAN, run)
+        inputs["validation"] = validation if needed else ancient(validation)
     return inputs
+
+
+@per_job
+def get_validate_input(wildcards):
+    run = run_plan(wildcards)
+    record = f"{wildcards.run}/validation_losses.json"
+    why = validation_rerun_reason(PLAN, run)
+    return {
+        "config": ancient(f"{wildcards.run}/finetune.yaml"),
+        "manifest": rerun_edge(f"{wildcards.run}/finetune_manifest.json", record, why),
+    }
 
 
 def get_resources(stage):
@@ -261,10 +294,17 @@ def get_scaffold_files(wildcards):
 def get_final_output():
     if PLAN.experiment.tasks:
         return ["results/results.csv"]
-    return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED]
+    return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED] + (
+        VALIDATION_RECORDS
+    )
 
 
 def get_report_trainings():
     """Every fine-tuned run's manifest: the report plots each run's training loss, also of
     runs that no task evaluates."""
     return [f"{run.run_dir}/finetune_manifest.json" for run in FINE_TUNED]
+
+
+def get_report_validations():
+    """The validation losses of epochs trained without validation (the report shows them)."""
+    return VALIDATION_RECORDS

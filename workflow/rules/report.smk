@@ -2,6 +2,7 @@ rule report:
     input:
         evaluations=evaluation_records(),
         trainings=get_report_trainings(),
+        validations=get_report_validations(),
     output:
         table=report(
             "results/results.csv", caption="../report/results.rst", category="Results"
