@@ -55,6 +55,7 @@ bench: venv
 	$(PY) benchmarks/bench_plan.py
 	$(PY) benchmarks/bench_jobs.py
 	$(PY) benchmarks/bench_evaluations.py
+	$(PY) benchmarks/bench_step_state.py
 	$(PY) benchmarks/bench_slurm.py
 	$(PY) benchmarks/bench_slurm_scale.py
 

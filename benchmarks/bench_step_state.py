@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_step_state.py [--reps 3]
 
-One run of the demo (tiny Llama, LoRA rank 4, 2 epochs of 100 words at batch 8 = 26 optimizer
-steps), trained through the workflow (`snakemake --until finetune`), side by side:
+One run of the demo (tiny Llama, LoRA rank 4, 2 epochs x 50 optimizer
+steps at batch 8), trained through the workflow (`snakemake --until finetune`), side by side:
 (a) `training.save_every_steps: 1`: a step state after every optimizer step but the last of an
     epoch (the epoch checkpoint follows there);
 (b) anchor: step states off (`save_every_steps: 0`, `save_every_minutes: 0`).

@@ -39,6 +39,12 @@ def read(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
+def run_status(summary: Path) -> dict:
+    """``snaketune status --format json`` of the experiment's only run."""
+    out = subprocess.run([sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True)
+    return json.loads(out.stdout)["runs"][0]
+
+
 def first_logged(metric_log: Path) -> tuple[int, float]:
     """Step and learning rate of the first line of a torchtune DiskLogger log."""
     step, values = metric_log.read_text().splitlines()[0].removeprefix("Step ").split(" | ")
@@ -102,11 +108,7 @@ def test_ctrl_c_of_a_local_training_saves_a_step_state_and_the_rerun_resumes_the
     (first,) = json.loads((checkpoints / ATTEMPTS).read_text())["attempts"]
     assert (first["stopped_by"], first["exit_code"], first["saved_step"], first["reached_step"]) == ("SIGINT", 130, 7, 7), first
     assert (checkpoints / STEP_STATE).is_file() and epoch_complete(checkpoints / "epoch_0")
-    stopped = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
-        ).stdout
-    )["runs"][0]
+    stopped = run_status(summary)
     assert stopped["state"] == "failed" and stopped["cause"] == "stopped", stopped
     assert stopped["resumable"] == "yes: from the step state at step 7 (epoch 2 of 2)", stopped
 
@@ -116,11 +118,7 @@ def test_ctrl_c_of_a_local_training_saves_a_step_state_and_the_rerun_resumes_the
     newest = max(checkpoints.glob("logs/log_*.txt"), key=lambda path: int(path.stem[4:]))
     assert first_logged(newest)[0] == 8  # the step after the saved one
     assert not (checkpoints / STEP_STATE).exists()
-    done = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
-        ).stdout
-    )["runs"][0]
+    done = run_status(summary)
     assert done["state"] == "completed" and done["resumed"] == "resumed at step 7 of epoch 2 (attempt 2)", done
     assert [(i["by"], i["steps_lost"]) for i in done["interruptions"]] == [("SIGINT", 0)], done
 
@@ -134,11 +132,7 @@ def test_killed_driver_rerun_does_not_train_twice(three_epochs):
     wait_for(lambda: "holding at finetune:before-training" in read(summary.parent / "only" / "logs" / "finetune.log"), process)
     os.kill(process.pid, signal.SIGKILL)  # only the driver: its training goes on
     process.wait()
-    orphan = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "snaketune", "status", str(summary), "--format", "json"], capture_output=True, check=True
-        ).stdout
-    )["runs"][0]
+    orphan = run_status(summary)
     assert orphan["state"] == "running" and orphan["job_id"].startswith("pid "), orphan  # the lock names the training
     snakemake(summary, "--unlock")
     rerun = subprocess.Popen(

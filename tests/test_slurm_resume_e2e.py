@@ -11,6 +11,7 @@ depend on how fast the machine trains.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,16 +108,29 @@ def release_when_requeued(job_id: str, driver: subprocess.Popen, **update: str) 
     subprocess.run(["scontrol", "update", f"JobId={job_id}", *fields], capture_output=True, check=True)
 
 
+@contextlib.contextmanager
+def held_training(slurm_sandbox, tmp_path: Path, args: list[str], name: str, **env: str):
+    """The run ``name``'s training on the sandbox, held after step HELD_AT until something tells
+    it to stop; yields the snakemake driver and the SLURM job id once it holds (the driver is
+    killed on the way out if it still runs)."""
+    experiment_dir = Path(args[-1].removeprefix("experiment=")).parent
+    hold = f"recipe:step-{HELD_AT}@{tmp_path / 'never'}"
+    driver = start(args, f"{name}/finetune_manifest.json", tmp_path / "driver.log", SNAKETUNE_FAULT=hold, **env)
+    try:
+        wait_for(lambda: f"holding at recipe:step-{HELD_AT}" in read(experiment_dir / name / "logs" / ATTEMPTS_LOG), driver, timeout=600)
+        (job_id,) = slurm_ids(experiment_dir, name)
+        slurm_sandbox.job_ids.add(job_id)
+        yield driver, job_id
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
 def test_preempted_mid_epoch_saves_a_step_state_and_resumes_there(slurm_sandbox, tmp_path, demo_assets):
     summary, checkpoints, args = experiment(tmp_path, demo_assets, "preempted", "training:\n  save_every_steps: 2\n")
     experiment_dir, log = summary.parent, summary.parent / "preempted" / "logs" / ATTEMPTS_LOG
     # the first attempt holds after step 7, until the preemption's SIGTERM ends the hold
-    hold = f"recipe:step-{HELD_AT}@{tmp_path / 'never'}"
-    driver = start(args, "preempted/finetune_manifest.json", tmp_path / "driver.log", SNAKETUNE_FAULT=hold)
-    try:
-        wait_for(lambda: f"holding at recipe:step-{HELD_AT}" in read(log), driver, timeout=600)
-        (job_id,) = slurm_ids(experiment_dir, "preempted")
-        slurm_sandbox.job_ids.add(job_id)
+    with held_training(slurm_sandbox, tmp_path, args, "preempted") as (driver, job_id):
         training = run_status(experiment_dir)  # read while the job trains
         assert training["state"] == "running" and training["job_id"] == job_id, training
         # a job of the high-priority partition that needs the whole node preempts the training
@@ -132,9 +146,6 @@ def test_preempted_mid_epoch_saves_a_step_state_and_resumes_there(slurm_sandbox,
         wait_for(lambda: sacct([preemptor]).get(preemptor, {}).get("State") == "COMPLETED", driver, timeout=300)
         release_when_requeued(job_id, driver)
         assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]
-    finally:
-        if driver.poll() is None:
-            driver.kill()
 
     assert attempts(log) == [job_id, job_id]  # the same SLURM job, started twice
     assert f"resuming from the step state at step {HELD_AT}" in read(experiment_dir / "preempted" / "logs" / "finetune.log")
@@ -152,14 +163,8 @@ def test_near_its_time_limit_a_training_saves_and_requeues_itself(slurm_sandbox,
     margin = 5  # minutes
     summary, checkpoints, args = experiment(tmp_path, demo_assets, "longhaul", f"training:\n  requeue_margin_minutes: {margin}\n")
     experiment_dir, log = summary.parent, summary.parent / "longhaul" / "logs" / ATTEMPTS_LOG
-    hold = f"recipe:step-{HELD_AT}@{tmp_path / 'never'}"
     # the job re-reads its end time every 2 s (instead of 5 minutes) and so sees the update below
-    env = {"SNAKETUNE_FAULT": hold, "SNAKETUNE_END_TIME_REFRESH_SECONDS": "2"}
-    driver = start(args, "longhaul/finetune_manifest.json", tmp_path / "driver.log", **env)
-    try:
-        wait_for(lambda: f"holding at recipe:step-{HELD_AT}" in read(log), driver, timeout=600)
-        (job_id,) = slurm_ids(experiment_dir, "longhaul")
-        slurm_sandbox.job_ids.add(job_id)
+    with held_training(slurm_sandbox, tmp_path, args, "longhaul", SNAKETUNE_END_TIME_REFRESH_SECONDS="2") as (driver, job_id):
         assert re.search(rf"SLURM job {job_id} ends at ", read(log))
         # a limit that ends the job in >= 3 minutes: within the margin already, not reached soon
         limit = math.ceil(elapsed_minutes(job_id)) + 3
@@ -167,9 +172,6 @@ def test_near_its_time_limit_a_training_saves_and_requeues_itself(slurm_sandbox,
         wait_for(lambda: f"requeued SLURM job {job_id} (requeue 1 of at most 20)" in read(log), driver, timeout=300)
         release_when_requeued(job_id, driver, TimeLimit="30")
         assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]  # one invocation
-    finally:
-        if driver.poll() is None:
-            driver.kill()
 
     text = read(log)
     assert "stopping the training to save a step state and requeue the job" in text
@@ -194,19 +196,11 @@ def test_timed_out_training_saves_a_step_state_and_resumes_there_when_rerun(slur
     # no requeue before the limit: SLURM's own time limit ends the job (SIGTERM, KillWait, SIGKILL)
     summary, checkpoints, args = experiment(tmp_path, demo_assets, "slowpoke", "training:\n  requeue_margin_minutes: 0\n")
     experiment_dir, log = summary.parent, summary.parent / "slowpoke" / "logs" / ATTEMPTS_LOG
-    hold = f"recipe:step-{HELD_AT}@{tmp_path / 'never'}"
-    driver = start(args, "slowpoke/finetune_manifest.json", tmp_path / "driver.log", SNAKETUNE_FAULT=hold)
-    try:
-        wait_for(lambda: f"holding at recipe:step-{HELD_AT}" in read(log), driver, timeout=600)
-        (job_id,) = slurm_ids(experiment_dir, "slowpoke")
-        slurm_sandbox.job_ids.add(job_id)
+    with held_training(slurm_sandbox, tmp_path, args, "slowpoke") as (driver, job_id):
         # a 1-minute limit (SLURM's granularity), reached at once or within the minute, however
         # long the job took to get here
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=1"], capture_output=True, check=True)
         assert driver.wait(timeout=600) != 0
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     assert sacct([job_id])[job_id]["State"] == "TIMEOUT"
     assert f"saved a step state at step {HELD_AT} (epoch 2, stopping on SIGTERM)" in read(log)
 

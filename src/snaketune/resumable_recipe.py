@@ -328,7 +328,7 @@ class ResumableLoRAFinetuneRecipeSingleDevice(_torchtune_recipe()):
         self._saved_step = self._snapshot[step_state.GLOBAL_STEP]
         print(
             f"snaketune: saved a step state at step {self._saved_step} (epoch {self._snapshot[step_state.EPOCH] + 1}, {why}) "
-            f"in {time.perf_counter() - started:.2f} s, {size / 2**20:.1f} MiB",
+            f"in {time.perf_counter() - started:.3f} s, {size / 2**20:.2f} MiB",
             flush=True,
         )
 
