@@ -163,10 +163,12 @@ def rerun_edge(path, output, why):
     outdated result is forced (Snakemake cannot see why: it reads no JSON) and keeps a plain
     edge, because Snakemake 9 skips every check of a job downstream of a rerunning job and an
     ancient() edge then stops the rerun from reaching it; a current one gets an ancient()
-    edge, so that a re-rendered file (a summary edit, a policy key) reruns nothing.
+    edge, so that a re-rendered file (a summary edit, a policy key) reruns nothing. A job whose
+    result is missing runs anyway and keeps a plain edge too: behind a job Snakemake reruns on
+    its own (an incomplete scaffold after a kill), an ancient() edge would hide it.
     """
     if why is None:
-        return ancient(path)
+        return ancient(path) if os.path.exists(output) else path
     if workflow.exec_mode == ExecMode.DEFAULT and output not in workflow.dag.forcefiles:
         workflow.dag.forcefiles.add(output)
         _RERUN_NOTES[why] += 1
