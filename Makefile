@@ -34,7 +34,7 @@ test-full: venv
 
 # `make crash-sweep`: the workflow killed at every job start and end (and every save and record in
 # between) while the experiment changes, each rerun compared with the uninterrupted result
-# (tests/test_crash_sweep.py, pytest marker `sweep`; ~1 h on 2 cores; figures in BENCHMARKS.md).
+# (tests/test_crash_sweep.py, pytest marker `sweep`; ~25 min on 2 cores; figures in BENCHMARKS.md).
 crash-sweep: venv
 	$(VENV)/bin/pytest -q -m sweep --durations=0
 

@@ -1,6 +1,6 @@
 """`make crash-sweep`: a kill at every job start and end (and at every save and record in
 between) while the experiment is changed, each compared with the uninterrupted result
-(tests/crash.py). About an hour on 2 cores; not part of `make test`, which runs four of them
+(tests/crash.py). About 25 minutes on 2 cores; not part of `make test`, which runs four of them
 (test_crash_e2e.py)."""
 
 from __future__ import annotations
