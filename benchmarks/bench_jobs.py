@@ -76,6 +76,13 @@ def demo_assets() -> Path:
     return cache
 
 
+def demo_summary(assets: Path) -> str:
+    """The demo's experiment_summary.md with its model and dataset taken from ``assets``."""
+    text = (REPO / "examples" / "demo" / "experiment_summary.md").read_text()
+    text = text.replace("models/tiny-llama-base", str(assets / "models" / "tiny-llama-base"))
+    return text.replace("data/wordcase.json", str(assets / "data" / "wordcase.json"))
+
+
 def env() -> dict:
     return {
         **{k: v for k, v in os.environ.items() if k != "SNAKETUNE_EXPERIMENT"},

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, SNAKEMAKE, figure, header, machine, median, timed  # noqa: E402
-from bench_jobs import demo_assets, env  # noqa: E402
+from _common import SNAKEMAKE, figure, header, machine, median, timed  # noqa: E402
+from bench_jobs import demo_assets, demo_summary, env  # noqa: E402
 
 SAVED = re.compile(r"saved a step state at step \d+ .* in ([\d.]+) s, ([\d.]+) MiB")
 RUN = "tiny_rank4_lr1e-4"
@@ -31,11 +31,9 @@ RUN = "tiny_rank4_lr1e-4"
 def experiment(directory: Path, assets: Path, policy: str) -> list[str]:
     """A one-run copy of the demo in ``directory``; the snakemake arguments that train it."""
     directory.mkdir(parents=True)
-    lines = (REPO / "examples" / "demo" / "experiment_summary.md").read_text().splitlines()
-    text = "\n".join(line for line in lines if not (line.startswith("| tiny_") and not line.startswith(f"| {RUN} |")))
-    text = text.replace("models/tiny-llama-base", str(assets / "models" / "tiny-llama-base"))
+    lines = demo_summary(assets).splitlines()
     summary = directory / "experiment_summary.md"
-    summary.write_text(text.replace("data/wordcase.json", str(assets / "data" / "wordcase.json")) + "\n")
+    summary.write_text("\n".join(line for line in lines if not (line.startswith("| tiny_") and not line.startswith(f"| {RUN} |"))) + "\n")
     configfile = directory / "policy.yaml"
     configfile.write_text(f"training:\n{policy}")
     return ["--configfile", "config/config.yaml", str(configfile), "--config", f"experiment={summary}"]

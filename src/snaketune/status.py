@@ -386,7 +386,8 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
     )
 
     _progress(status, output_dir, attempt, manifest is not None)
-    _attempts(status, output_dir)
+    attempts = (read_record(output_dir / ATTEMPTS) or {}).get("attempts", [])
+    _attempts(status, attempts)
 
     if status.state in FAILED_STATES:
         cause, detail, fix = diagnose(attempt + "\n" + _read(slurm_log(directory, "finetune", run.run_dir, status.job_id)))
@@ -406,14 +407,14 @@ def _training_status(plan: ExperimentPlan, run: RunPlan, slurm: dict[str, dict],
         status.action = f"{fix}, then: {command}" if fix and fix != "nothing to change" else command
     if job.get("state") == "COMPLETED" and manifest is None and status.state != "running":
         status.flags.append(f"SLURM job {status.job_id} COMPLETED but the training did not finish its epochs (no {MANIFEST})")
-    _wandb(status, output_dir)
+    _wandb(status, output_dir, attempts)
     return status
 
 
-def _attempts(status: RunStatus, output_dir: Path) -> None:
+def _attempts(status: RunStatus, attempts: list[dict]) -> None:
     """Resume point, requeues and lost work from the attempts record; a red flag when the
     latest interruptions came before the training managed to save anything."""
-    seen = history((read_record(output_dir / ATTEMPTS) or {}).get("attempts", []))
+    seen = history(attempts)
     status.resumed, status.requeues, status.own_requeues = seen["resumed"], seen["requeues"], seen["own_requeues"]
     status.interruptions = seen["interruptions"]
     if seen["unsaved_streak"] >= 2 and status.state != "completed":
@@ -436,9 +437,9 @@ def interruption_notes(run: RunStatus) -> list[str]:
     return notes
 
 
-def _wandb(status: RunStatus, output_dir: Path) -> None:
+def _wandb(status: RunStatus, output_dir: Path, attempts: list[dict]) -> None:
     """The training's W&B runs, and the zombie flag: its newest one was left behind by a dead job."""
-    status.wandb_runs = training_runs(output_dir, (read_record(output_dir / ATTEMPTS) or {}).get("attempts", []))
+    status.wandb_runs = training_runs(output_dir, attempts)
     dead = zombie(status.wandb_runs, status.state)
     if dead:
         status.flags.append(
